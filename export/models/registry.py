@@ -1,0 +1,45 @@
+"""Name -> class registries, so a JSON config (family + config + weights) rebuilds any model."""
+from __future__ import annotations
+
+from tr0n_rt.errors import unknown_name
+
+GENERATORS: dict[str, type] = {}
+CONDITION_MODELS: dict[str, type] = {}
+
+
+def register_generator(name: str):
+    def wrap(cls):
+        cls.family = name
+        GENERATORS[name] = cls
+        return cls
+
+    return wrap
+
+
+def register_condition_model(name: str):
+    def wrap(cls):
+        cls.family = name
+        CONDITION_MODELS[name] = cls
+        return cls
+
+    return wrap
+
+
+def _load_families() -> None:
+    # Importing the adapter modules fills the registries.
+    from . import classifier, clip, dcgan  # noqa: F401
+    from ..worlds import shapes  # noqa: F401
+
+
+def build_generator(family: str, config: dict):
+    _load_families()
+    if family not in GENERATORS:
+        raise unknown_name("generator family", family, GENERATORS)
+    return GENERATORS[family](**config)
+
+
+def build_condition_model(family: str, config: dict):
+    _load_families()
+    if family not in CONDITION_MODELS:
+        raise unknown_name("condition model family", family, CONDITION_MODELS)
+    return CONDITION_MODELS[family](**config)

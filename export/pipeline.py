@@ -1,0 +1,115 @@
+"""A TR0N pipeline in torch: generator + condition model + translator (+ tokenizer, judge), loaded from a
+folder whose `pipeline.json` names each part's family, config and safetensors weights.
+
+pipeline.json (format "tr0n-rt.pipeline", version 1):
+    name, condition ("text" | "class"), classes (class names, class pipelines only),
+    generator / condition_model / judge: {"family", "config", "weights" (file name or null)},
+    translator: {"config", "weights"}, tokenizer: tokenizer_from_dict() input or null,
+    augment: AugmentConfig fields, sampling: SamplingConfig fields (the pipeline's defaults).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from tr0n_rt.atomic import write_json
+from tr0n_rt.errors import CheckpointError, ConfigError
+from tr0n_rt.settings import SamplingConfig
+
+from .augment import AugmentConfig
+from .checkpoints import load_weights
+from .energy import Energy
+from .models.registry import build_condition_model, build_generator
+from .translator import TranslatorConfig, TranslatorGMM
+
+FORMAT = "tr0n-rt.pipeline"
+VERSION = 1
+REQUIRED = ("name", "condition", "generator", "condition_model", "translator")
+
+
+class TorchPipeline:
+    def __init__(self, folder: Path, spec: dict, generator, condition_model, translator):
+        self.folder = folder
+        self.spec = spec
+        self.name: str = spec["name"]
+        self.condition: str = spec["condition"]
+        self.classes: list[str] | None = spec.get("classes")
+        self.generator = generator.eval().requires_grad_(False)
+        self.condition_model = condition_model.eval().requires_grad_(False)
+        self.translator = translator.eval().requires_grad_(False)
+        self.augment = AugmentConfig(**{**spec.get("augment", {}),
+                                        "policy": tuple(spec.get("augment", {}).get("policy", AugmentConfig.policy))})
+        self.sampling = SamplingConfig(**spec.get("sampling", {}))
+        self.tokenizer = None
+        if spec.get("tokenizer"):
+            from tr0n_rt.tokenizer import tokenizer_from_dict
+
+            self.tokenizer = tokenizer_from_dict(spec["tokenizer"])
+
+    def energy(self, copies: int) -> Energy:
+        from dataclasses import replace
+
+        return Energy(self.generator, self.condition_model, replace(self.augment, copies=copies))
+
+    def judge(self):
+        """The world's independent judge, or None."""
+        spec = self.spec.get("judge")
+        if not spec:
+            return None
+        from .worlds import judge_from_spec
+
+        return judge_from_spec(spec, self.folder)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "TorchPipeline":
+        folder = Path(folder)
+        path = folder / "pipeline.json"
+        if not path.is_file():
+            raise CheckpointError(
+                f"{folder} holds no pipeline.json: pass a pipeline folder (e.g. engines/shapes), "
+                "or build one with `tr0n-rt train --world shapes`"
+            )
+        try:
+            spec = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path} is not valid JSON ({e}); rebuild it with `tr0n-rt train`") from None
+        if spec.get("format") != FORMAT or spec.get("version") != VERSION:
+            raise ConfigError(f"{path}: format {spec.get('format')!r} v{spec.get('version')} is not "
+                              f"{FORMAT!r} v{VERSION}; rebuild it with this version of tr0n-rt")
+        missing = [k for k in REQUIRED if k not in spec]
+        if missing:
+            raise ConfigError(f"{path} lacks field(s) {', '.join(missing)}")
+        generator = _build(folder, spec["generator"], build_generator, "generator")
+        condition_model = _build(folder, spec["condition_model"], build_condition_model, "condition_model")
+        tr = spec["translator"]
+        translator = load_weights(TranslatorGMM(TranslatorConfig(**tr["config"])), folder / tr["weights"])
+        return cls(folder, spec, generator, condition_model, translator)
+
+
+def _build(folder: Path, part: dict, factory, field: str):
+    try:
+        module = factory(part["family"], part.get("config", {}))
+    except KeyError as e:
+        raise ConfigError(f"pipeline field {field} lacks {e}") from None
+    if part.get("weights"):
+        load_weights(module, folder / part["weights"])
+    return module
+
+
+def write_pipeline(folder: str | Path, parts: dict, translator: TranslatorGMM, augment: AugmentConfig,
+                   sampling: SamplingConfig, extra: dict | None = None) -> Path:
+    """Writes translator weights and pipeline.json; `parts` holds generator, condition_model, tokenizer,
+    judge, classes, condition and name as world builders return them."""
+    folder = Path(folder)
+    spec = {"format": FORMAT, "version": VERSION}
+    for key in ("name", "condition", "classes", "generator", "condition_model", "tokenizer", "judge"):
+        spec[key] = parts.get(key)
+    spec["translator"] = translator.save(folder)
+    spec["augment"] = {**asdict(augment), "policy": list(augment.policy)}
+    spec["sampling"] = sampling.to_dict()
+    spec.update(extra or {})
+    write_json(folder / "pipeline.json", spec)
+    return folder / "pipeline.json"

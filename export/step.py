@@ -1,0 +1,86 @@
+"""The one Langevin step of TR0N's sampling, as a pure function of tensors.
+
+Executed eagerly by the torch backend, traced into step.onnx by the exporter, run by engines.
+State (all [B, K, D] except step):
+    means     mixture means mu_k (sample mode: K = 1, the latent itself)
+    logits    mixture logits pi, one copy per latent dimension (reference: logits.repeat over D)
+    velocity  SGLD momentum buffer of the means
+    adam_m, adam_v   Adam moments of the logits
+    step      [1] number of steps already taken (Adam's bias correction)
+Latent fed to G: z' = sum_k softmax_k(pi)[., k, d] * mu[., k, d]           [B, D]
+Update, per sample b (the reference runs batch 1, so its whole-tensor clipping is per sample):
+    g_mu, g_pi = dE/dmu, dE/dpi, each clipped to norm <= clip_norm
+    v  = momentum v + g_mu;  mu = mu - lr v + noise_std eps;  mu = clamp(mu, -bound, bound)
+    pi = Adam(pi, g_pi, logits_lr)                    (torch.optim.Adam's arithmetic, betas 0.9/0.999)
+"""
+from __future__ import annotations
+
+import torch
+
+from .energy import Energy
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
+
+STATE_NAMES = ("means", "logits", "velocity", "adam_m", "adam_v", "step")
+
+
+def mix(means: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """means, logits [B, K, D] -> z' [B, D] = sum_k softmax_k(logits) * means."""
+    return (torch.softmax(logits, dim=1) * means).sum(dim=1)
+
+
+def clip_per_sample(g: torch.Tensor, max_norm: torch.Tensor) -> torch.Tensor:
+    """Scales each sample's gradient g[b] to norm <= max_norm (clip_grad_norm_ per sample)."""
+    norm = g.flatten(1).norm(dim=1).reshape(-1, *([1] * (g.ndim - 1)))
+    return g * torch.clamp(max_norm / (norm + CLIP_EPS), max=1.0)
+
+
+def energy_and_grads(energy: Energy, means, logits, condition, aug_noise):
+    """E [B] and dE/dmeans, dE/dlogits, computed with autograd (traceable by make_fx)."""
+    with torch.enable_grad():
+        means = means.detach().requires_grad_(True)
+        logits = logits.detach().requires_grad_(True)
+        e = energy(mix(means, logits), condition, aug_noise)
+        g_means, g_logits = torch.autograd.grad(e.sum(), (means, logits))
+    return e.detach(), g_means, g_logits
+
+
+def langevin_step(
+    energy: Energy,
+    state: dict[str, torch.Tensor],
+    condition: torch.Tensor,  # [B, d_c]
+    aug_noise: torch.Tensor,  # [B, A, 8] uniform [0, 1)
+    sgld_noise: torch.Tensor,  # [B, K, D] standard normal
+    hparams: torch.Tensor,  # [5]: latent_lr, momentum, noise_std, logits_lr, clip_norm
+    bound: float | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One step; returns the new state and E [B] at the state it was given."""
+    latent_lr, momentum, noise_std, logits_lr, clip_norm = hparams.unbind(0)
+    e, g_mu, g_pi = energy_and_grads(energy, state["means"], state["logits"], condition, aug_noise)
+    g_mu = clip_per_sample(g_mu, clip_norm)
+    g_pi = clip_per_sample(g_pi, clip_norm)
+
+    velocity = momentum * state["velocity"] + g_mu
+    means = state["means"] - latent_lr * velocity + noise_std * sgld_noise
+    if bound is not None:
+        means = means.clamp(-bound, bound)
+
+    b1, b2 = ADAM_BETAS
+    t = state["step"] + 1
+    adam_m = b1 * state["adam_m"] + (1 - b1) * g_pi
+    adam_v = b2 * state["adam_v"] + (1 - b2) * g_pi * g_pi
+    denom = (adam_v.sqrt() / torch.sqrt(1 - b2**t)) + ADAM_EPS
+    logits = state["logits"] - (logits_lr / (1 - b1**t)) * adam_m / denom
+
+    new = {"means": means, "logits": logits, "velocity": velocity, "adam_m": adam_m, "adam_v": adam_v, "step": t}
+    return new, e
+
+
+def initial_state(means: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """means [B, K, D], per-component logits [B, K] -> a fresh state (logits copied per dimension)."""
+    logits = logits[:, :, None].expand_as(means).contiguous()
+    zeros = torch.zeros_like(means)
+    return {"means": means, "logits": logits, "velocity": zeros, "adam_m": zeros, "adam_v": zeros.clone(),
+            "step": torch.zeros(1, dtype=means.dtype, device=means.device)}

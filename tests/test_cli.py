@@ -1,0 +1,63 @@
+"""The command line: outputs, JSON records, and clear errors that leave no partial files."""
+import json
+
+import pytest
+
+from tr0n_rt.cli import main
+
+
+def test_sample_writes_pngs_grid_and_json(tiny_text_pipeline, tmp_path):
+    out = tmp_path / "out"
+    rc = main(["sample", "a red circle", "a blue square", "--pipeline", str(tiny_text_pipeline),
+               "--samples", "2", "--steps", "2", "--copies", "2", "--seed", "7", "--out", str(out)])
+    assert rc == 0
+    data = json.loads((out / "samples.json").read_text())
+    assert [r["prompt"] for r in data["images"]] == ["a red circle"] * 2 + ["a blue square"] * 2
+    assert [r["seed"] for r in data["images"]] == [7, 8, 7, 8]
+    assert all((out / f"{i:03d}.png").is_file() for i in range(4)) and (out / "grid.png").is_file()
+    rec = data["images"][0]
+    assert rec["settings"]["steps"] == 2 and set(rec["seconds_per_image"]) >= {"langevin", "decode"}
+
+
+def test_class_world_sample(tiny_class_pipeline, tmp_path):
+    rc = main(["sample", "3", "digit 1", "--pipeline", str(tiny_class_pipeline), "--steps", "1", "--copies", "1",
+               "--out", str(tmp_path / "o"), "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    assert [r["class"] for r in json.loads((tmp_path / "r.json").read_text())["images"]] == ["3", "digit 1"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["sample", "  "], "empty"),
+    (["sample", "x", "--preset", "fast", "--mode", "mixture", "--steps", "-1"], "steps and copies must be >= 0"),
+    (["sample"], "give at least one prompt"),
+])
+def test_bad_input_gives_a_clear_error_and_no_output(tiny_text_pipeline, tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    rc = main(argv + ["--pipeline", str(tiny_text_pipeline), "--out", str(out)])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_missing_pipeline_says_how_to_build_one(tmp_path, capsys):
+    assert main(["sample", "a circle", "--pipeline", str(tmp_path)]) == 2
+    assert "tr0n-rt train --world shapes" in capsys.readouterr().err
+
+
+def test_corrupt_weights_are_refused(tiny_text_pipeline, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_text_pipeline, bad)
+    (bad / "translator.safetensors").write_bytes(b"\0" * 64)
+    assert main(["sample", "a circle", "--pipeline", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "corrupt, truncated" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_every_subcommand_explains_its_options(capsys):
+    for cmd in ("sample", "eval", "train"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        text = capsys.readouterr().out
+        assert "usage: tr0n-rt " + cmd in text and "--seed" in text

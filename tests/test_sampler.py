@@ -1,0 +1,88 @@
+"""The sampler over the torch backend: batch invariance, energy descent, modes, bad input."""
+import numpy as np
+import pytest
+
+from tr0n_rt.backends import open_backend
+from tr0n_rt.errors import PromptError, ShapeError
+from tr0n_rt.sampler import Sampler
+from tr0n_rt.settings import SamplingConfig
+
+PROMPTS = ["a red circle", "a blue square on a white background", "red", "blue circle",
+           "a red square", "white background", "a circle", "square on blue"]
+
+
+@pytest.fixture(scope="module")
+def text_sampler(tiny_text_pipeline):
+    return Sampler(open_backend("torch", tiny_text_pipeline))
+
+
+@pytest.mark.parametrize("mode", ["mixture", "sample"])
+def test_batch_of_8_equals_8_batches_of_1(text_sampler, mode):
+    cfg = SamplingConfig(mode=mode, steps=4, copies=3)
+    c = text_sampler.encode_text(PROMPTS)
+    seeds = list(range(100, 108))
+    batch = text_sampler.sample(c, seeds, cfg)
+    for i in range(8):
+        one = text_sampler.sample(c[i:i + 1], seeds[i:i + 1], cfg)
+        np.testing.assert_allclose(one.images[0], batch.images[i], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(one.energy_trace[:, 0], batch.energy_trace[:, i], rtol=1e-4, atol=1e-6)
+
+
+def test_same_seed_same_image_other_seed_other_image(text_sampler):
+    cfg = SamplingConfig(steps=3, copies=2)
+    c = text_sampler.encode_text(["a red circle"] * 3)
+    out = text_sampler.sample(c, [5, 5, 6], cfg)
+    np.testing.assert_array_equal(out.images[0], out.images[1])
+    assert np.abs(out.images[0] - out.images[2]).max() > 1e-4
+
+
+def test_langevin_lowers_the_energy_towards_a_fixed_target(text_sampler):
+    """From the translator's start, T steps of the paper's settings reduce E(z, c) for fixed targets.
+    No augmentation and no noise, so E is one deterministic function (a random tiny CLIP's
+    augmented cosines are too flat to show descent in 40 steps)."""
+    c = text_sampler.encode_text(PROMPTS)
+    out = text_sampler.sample(c, list(range(8)), SamplingConfig(steps=40, copies=0, noise_std=0.0))
+    e0, e1 = out.energy_trace[0], out.energies
+    assert e1.mean() < e0.mean() - 0.03, (e0, e1)
+    assert (e1 < e0).sum() >= 6, (e0, e1)
+
+
+def test_translator_only_uses_the_most_probable_mean(text_sampler):
+    c = text_sampler.encode_text(PROMPTS[:2])
+    out = text_sampler.sample(c, [0, 1], SamplingConfig(steps=0))
+    tr = text_sampler.backend.run("translator", {"condition": c})
+    means = tr["means"].numpy()
+    best = tr["logits"].numpy().argmax(1)
+    np.testing.assert_allclose(out.latents, means[np.arange(2), best], rtol=1e-6)
+    assert np.isnan(out.energies).all() and out.images.shape == (2, 3, 16, 16)
+
+
+def test_images_are_in_range_and_shaped(text_sampler):
+    out = text_sampler.sample(text_sampler.encode_text(["a circle"]), [0], SamplingConfig(steps=2, copies=2))
+    assert out.images.shape == (1, 3, 16, 16) and out.images.dtype == np.float32
+    assert out.images.min() >= -1 and out.images.max() <= 1
+    assert set(out.seconds) >= {"translate", "langevin", "decode"}
+
+
+def test_bad_inputs_are_refused_with_a_fix(text_sampler):
+    with pytest.raises(PromptError, match="empty"):
+        text_sampler.encode_text(["  "])
+    c = text_sampler.encode_text(["a circle"])
+    with pytest.raises(ShapeError, match="one seed per row"):
+        text_sampler.sample(c, [1, 2])
+    with pytest.raises(ShapeError, match=r"expected \[batch, 16\]"):
+        text_sampler.sample(np.zeros((1, 5), np.float32), [1])
+    with pytest.raises(PromptError, match="text-conditional"):
+        text_sampler.encode_classes(["3"])
+
+
+def test_class_pipeline_takes_classes(tiny_class_pipeline):
+    s = Sampler(open_backend("torch", tiny_class_pipeline))
+    c = s.conditions(["2", "digit 3"])
+    np.testing.assert_array_equal(c.argmax(1), [2, 3])
+    out = s.sample(c, [0, 1], SamplingConfig(steps=3, copies=2))
+    assert out.images.shape == (2, 1, 16, 16) and np.isfinite(out.energies).all()
+    with pytest.raises(PromptError, match="known: 0, 1, 2, 3"):
+        s.conditions(["7"])
+    with pytest.raises(PromptError, match="class-conditional"):
+        s.encode_text(["a circle"])

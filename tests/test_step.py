@@ -1,0 +1,103 @@
+"""The one Langevin step equals the reference code's optimizer loop, per sample."""
+import pytest
+import torch
+from torch import nn
+
+from tr0n_rt.export.augment import AugmentConfig
+from tr0n_rt.export.energy import Energy
+from tr0n_rt.export.models.registry import build_condition_model, build_generator
+from tr0n_rt.export.step import initial_state, langevin_step, mix
+from tr0n_rt.settings import SamplingConfig
+
+from .conftest import TINY_CLIP
+
+HP = SamplingConfig(latent_lr=0.1, momentum=0.99, noise_std=0.01, logits_lr=5e-3, clip_norm=1.0)
+
+
+@pytest.fixture(scope="module")
+def energy():
+    torch.manual_seed(0)
+    g = build_generator("dcgan", {"latent_dim": 8, "image_size": 16, "channels": 3, "width": 8}).eval()
+    f = build_condition_model("open_clip", {"model_cfg": TINY_CLIP}).eval()
+    for m in (g, f):
+        m.requires_grad_(False)
+    return Energy(g, f, AugmentConfig(copies=3))
+
+
+def reference_loop(energy, means, logits, c, augs, noises, hp, bound=None):
+    """The reference's mixture-mode loop for one prompt (batch 1): SGLD with momentum on the means
+    (noise added after the step, not scaled by lr), torch.optim.Adam on the per-dimension logits,
+    clip_grad_norm_ on each separately."""
+    w = nn.Parameter(means.clone())
+    pi = nn.Parameter(logits.clone())
+    adam = torch.optim.Adam([pi], lr=hp.logits_lr)
+    buf = None
+    energies = []
+    for aug, noise in zip(augs, noises):
+        e = energy((torch.softmax(pi, dim=1) * w).sum(1), c, aug)
+        energies.append(e.detach())
+        adam.zero_grad()
+        w.grad = None
+        e.sum().backward()
+        torch.nn.utils.clip_grad_norm_((w,), hp.clip_norm)
+        torch.nn.utils.clip_grad_norm_((pi,), hp.clip_norm)
+        with torch.no_grad():
+            buf = w.grad.clone() if buf is None else hp.momentum * buf + w.grad
+            w -= hp.latent_lr * buf
+            w += noise * hp.noise_std
+            if bound is not None:
+                w.clamp_(-bound, bound)
+        adam.step()
+    return w.detach(), pi.detach(), torch.stack(energies)
+
+
+@pytest.mark.parametrize("bound", [None, 0.5])
+def test_step_equals_reference_optimizer_loop(energy, bound):
+    torch.manual_seed(1)
+    k, d, steps = 3, 8, 4
+    means, logits = torch.randn(1, k, d), torch.randn(1, k)
+    c = torch.nn.functional.normalize(torch.randn(1, 16), dim=-1)
+    augs = [torch.rand(1, 3, 8) for _ in range(steps)]
+    noises = [torch.randn(1, k, d) for _ in range(steps)]
+    state = initial_state(means, logits)
+    ours = []
+    for aug, noise in zip(augs, noises):
+        state, e = langevin_step(energy, state, c, aug, noise, torch.from_numpy(HP.hparams()), bound)
+        ours.append(e)
+    w, pi, e_ref = reference_loop(energy, means, state_logits(logits, d), c, augs, noises, HP, bound)
+    torch.testing.assert_close(torch.stack(ours), e_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(state["means"], w, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(state["logits"], pi, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(state["means"], means)  # the step moved something
+    if bound is not None:
+        assert state["means"].abs().max() <= bound
+
+
+def state_logits(logits, d):
+    return logits[:, :, None].repeat(1, 1, d)
+
+
+def test_clipping_and_optimizer_state_are_per_sample(energy):
+    torch.manual_seed(2)
+    b, k, d = 3, 3, 8
+    means, logits = torch.randn(b, k, d) * 2, torch.randn(b, k)
+    c = torch.nn.functional.normalize(torch.randn(b, 16), dim=-1)
+    augs = [torch.rand(b, 3, 8) for _ in range(3)]
+    noises = [torch.randn(b, k, d) for _ in range(3)]
+    hp = torch.from_numpy(HP.hparams())
+    batch = initial_state(means, logits)
+    for aug, noise in zip(augs, noises):
+        batch, _ = langevin_step(energy, batch, c, aug, noise, hp)
+    for i in range(b):
+        one = initial_state(means[i:i + 1], logits[i:i + 1])
+        for aug, noise in zip(augs, noises):
+            one, _ = langevin_step(energy, one, c[i:i + 1], aug[i:i + 1], noise[i:i + 1], hp)
+        torch.testing.assert_close(one["means"], batch["means"][i:i + 1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(one["logits"], batch["logits"][i:i + 1], rtol=1e-5, atol=1e-6)
+
+
+def test_mix_is_the_per_dimension_softmax_average():
+    means = torch.randn(2, 3, 4)
+    logits = torch.randn(2, 3, 4)
+    w = torch.exp(logits) / torch.exp(logits).sum(1, keepdim=True)
+    torch.testing.assert_close(mix(means, logits), (w * means).sum(1))

@@ -1,0 +1,60 @@
+"""The one interface every engine implements, and the graph contract the sampler relies on.
+
+Graphs (names, inputs -> outputs; B = batch, K = mixture components, D = latent size, A = copies):
+    text_encoder  tokens int64 [B, L]                                  -> condition [B, d_c]
+    translator    condition [B, d_c]                                   -> logits [B, K], means [B, K, D], std [D]
+    step          means, logits, velocity, adam_m, adam_v [B, K, D], step [1],
+                  condition [B, d_c], aug_noise [B, A, 8], sgld_noise [B, K, D], hparams [5]
+                                                                       -> <state>_next ..., energy [B]
+    energy        latent [B, D], condition [B, d_c], aug_noise [B, A, 8] -> energy [B]
+    generator     latent [B, D]                                        -> images [B, C, H, W] in [-1, 1]
+All floating tensors are float32 at the interface (FP16 lives inside engines).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..settings import SamplingConfig
+
+STATE_NAMES = ("means", "logits", "velocity", "adam_m", "adam_v", "step")
+GRAPHS = ("text_encoder", "translator", "step", "energy", "generator")
+
+
+@dataclass
+class PipelineInfo:
+    """What the sampler needs to know of a pipeline, whichever engine runs it."""
+
+    name: str
+    condition: str  # "text" | "class"
+    cond_dim: int
+    latent_dim: int
+    num_components: int
+    image_size: int
+    channels: int
+    tokenizer: dict | None = None
+    classes: list[str] | None = None
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+class Backend(ABC):
+    """Runs a pipeline's graphs. Arrays it returns may live on a device; the sampler passes them back
+    in unchanged and asks for host copies only where it needs numbers."""
+
+    name: str = ""
+    info: PipelineInfo
+
+    @abstractmethod
+    def run(self, graph: str, inputs: dict) -> dict:
+        """Runs one graph; inputs are numpy arrays or arrays this backend returned."""
+
+    def to_host(self, x) -> np.ndarray:
+        return np.asarray(x)
+
+    def to_device(self, x: np.ndarray):
+        return x
+
+    def synchronize(self) -> None:
+        """Waits for queued device work (for honest stage timings)."""

@@ -1,0 +1,222 @@
+"""`tr0n-rt`: sample, eval and train from the command line. Every subcommand has --help."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import Tr0nError
+
+EPILOG = "Sample j of every prompt uses seed SEED + j, so a prompt's images do not depend on the others."
+
+
+def add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pipeline")
+    g.add_argument("--world", default=None, help="embedded world to use: shapes (text, default) or digits (classes)")
+    g.add_argument("--pipeline", type=Path, default=None, help="pipeline folder (with pipeline.json) instead of a world")
+    g.add_argument("--backend", default="torch", help="engine that runs the graphs (default: torch)")
+    g.add_argument("--device", default="cpu", help="device for the torch backend: cpu or cuda (default: cpu)")
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling (defaults: the pipeline's own settings)")
+    g.add_argument("--preset", choices=["paper", "fast"], default=None,
+                   help="paper: the reference's T=100, A=50; fast: T=25, A=8")
+    g.add_argument("--mode", choices=["mixture", "sample"], default=None,
+                   help="mixture: refine all K translator means (reference code); sample: z0 ~ q(z|c), then SGLD")
+    g.add_argument("--steps", type=int, default=None, help="Langevin steps T; 0 = translator only")
+    g.add_argument("--copies", type=int, default=None, help="augmented copies A in the energy; 0 = none")
+    g.add_argument("--latent-lr", type=float, default=None, help="SGLD step size on the means")
+    g.add_argument("--momentum", type=float, default=None, help="SGLD momentum")
+    g.add_argument("--noise-std", type=float, default=None, help="SGLD noise std added after each step")
+    g.add_argument("--logits-lr", type=float, default=None, help="Adam step size on the mixture logits")
+    g.add_argument("--samples", type=int, default=1, help="images per prompt or class (default: 1)")
+    g.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+    g.add_argument("--batch", type=int, default=16, help="images per backend batch (default: 16)")
+
+
+def resolve_pipeline(args) -> Path:
+    from .paths import DEFAULT_WORLD, world_dir
+
+    if args.pipeline is not None and args.world is not None:
+        raise Tr0nError("give --world or --pipeline, not both")
+    return args.pipeline if args.pipeline is not None else world_dir(args.world or DEFAULT_WORLD)
+
+
+def sampling_config(args, base):
+    from .settings import preset
+
+    cfg = preset(args.preset) if args.preset else base
+    return cfg.with_overrides(mode=args.mode, steps=args.steps, copies=args.copies, latent_lr=args.latent_lr,
+                              momentum=args.momentum, noise_std=args.noise_std, logits_lr=args.logits_lr)
+
+
+def open_sampler(args):
+    from .backends import open_backend
+    from .sampler import Sampler
+
+    folder = resolve_pipeline(args)
+    backend = open_backend(args.backend, folder, device=args.device)
+    return folder, Sampler(backend, sampling_config(args, backend.info.sampling))
+
+
+def load_judge(folder: Path):
+    """The pipeline's judge when it has one and torch is installed, else None."""
+    spec = json.loads((folder / "pipeline.json").read_text()).get("judge")
+    if not spec:
+        return None
+    try:
+        from .export.worlds import judge_from_spec
+    except ImportError:
+        return None
+    return judge_from_spec(spec, folder)
+
+
+def run_queries(sampler, queries: list[str], samples: int, seed: int, batch: int):
+    """Samples every query `samples` times in batches; yields (rows, SampleBatch)."""
+    rows = [(q, j, seed + j) for q in queries for j in range(samples)]
+    conditions = sampler.conditions([q for q, _, _ in rows]) if rows else None
+    for start in range(0, len(rows), batch):
+        part = rows[start:start + batch]
+        yield part, sampler.sample(conditions[start:start + batch], [s for _, _, s in part])
+
+
+def judge_batch(judge, out, part):
+    if judge is None:
+        return [None] * len(part)
+    import torch
+
+    return judge.verdicts(torch.from_numpy(out.images), [q for q, _, _ in part])
+
+
+def cmd_sample(args) -> int:
+    from .atomic import write_bytes, write_json
+    from .images import grid, png_bytes, save_png
+
+    if not args.queries:
+        raise Tr0nError("give at least one prompt (or class for a class world), e.g. "
+                        "tr0n-rt sample \"a red circle on a white background\"")
+    folder, sampler = open_sampler(args)
+    judge = load_judge(folder) if not args.no_judge else None
+    records, images, captions = [], [], []
+    for part, out in run_queries(sampler, args.queries, args.samples, args.seed, args.batch):
+        verdicts = judge_batch(judge, out, part)
+        per_image = {k: round(v / len(part), 4) for k, v in out.seconds.items()}
+        for i, (query, j, seed) in enumerate(part):
+            key = "class" if sampler.info.condition == "class" else "prompt"
+            records.append({key: query, "sample": j, "seed": seed, "energy": float(out.energies[i]),
+                            "settings": out.config.to_dict(), "seconds_per_image": per_image,
+                            "judge": verdicts[i]})
+            images.append(out.images[i])
+            captions.append(query if verdicts[i] is None else f"{'ok' if verdicts[i]['correct'] else 'x'} {query}")
+    # Everything is computed; now write, each file atomically, the JSON last.
+    out_dir = args.out
+    for n, (rec, img) in enumerate(zip(records, images)):
+        rec["file"] = str(out_dir / f"{n:03d}.png")
+        save_png(rec["file"], img, scale=1)
+    write_bytes(out_dir / "grid.png", png_bytes(grid(np.stack(images), captions, columns=min(len(images), 8))))
+    summary = {"pipeline": str(folder), "backend": args.backend, "grid": str(out_dir / "grid.png"), "images": records}
+    write_json(args.json or out_dir / "samples.json", summary)
+    for rec in records:
+        verdict = rec["judge"]
+        note = "" if verdict is None else f"  judge: {'correct' if verdict['correct'] else 'wrong'}"
+        print(f"{rec['file']}  E={rec['energy']:.4f}  {rec.get('prompt', rec.get('class'))!r}{note}")
+    print(f"grid: {out_dir / 'grid.png'}  json: {args.json or out_dir / 'samples.json'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .atomic import write_json
+
+    folder, sampler = open_sampler(args)
+    judge = load_judge(folder)
+    if judge is None:
+        raise Tr0nError(f"{folder} has no judge (or torch is not installed): eval needs a world's judge")
+    prompts_file = args.prompts or folder / "prompts.txt"
+    if not Path(prompts_file).is_file():
+        raise Tr0nError(f"prompt file {prompts_file} does not exist: give --prompts FILE, one prompt per line")
+    queries = [line.strip() for line in Path(prompts_file).read_text().splitlines() if line.strip()]
+    if args.limit:
+        queries = queries[:args.limit]
+    tick = time.perf_counter()
+    results = []
+    for part, out in run_queries(sampler, queries, args.samples, args.seed, args.batch):
+        for (q, j, seed), v in zip(part, judge_batch(judge, out, part)):
+            results.append({"query": q, "sample": j, "seed": seed, "correct": bool(v["correct"]), "judge": v})
+    seconds = time.perf_counter() - tick
+    accuracy = float(np.mean([r["correct"] for r in results])) if results else float("nan")
+    summary = {"pipeline": str(folder), "prompts_file": str(prompts_file), "queries": len(queries),
+               "samples_per_query": args.samples, "images": len(results), "accuracy": accuracy,
+               "seconds_per_image": seconds / max(len(results), 1), "settings": sampler.config.to_dict(),
+               "results": results}
+    if args.json:
+        write_json(args.json, summary)
+    print(f"judge accuracy {accuracy:.3f} over {len(results)} images ({len(queries)} queries x {args.samples}); "
+          f"{summary['seconds_per_image']:.3f} s/image")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .paths import engines_dir
+
+    try:
+        from .export.worlds.build import build_world
+    except ImportError as e:
+        raise Tr0nError(f"training needs the export extra ({e}): pip install 'tr0n-rt[export]'") from None
+    out = args.out or engines_dir() / args.world
+    tick = time.perf_counter()
+    times = build_world(args.world, out, seed=args.seed, work_dir=args.work, threads=args.threads)
+    print(f"world {args.world} built into {out} in {time.perf_counter() - tick:.0f} s "
+          f"({', '.join(f'{k} {v:.0f} s' for k, v in times.items())})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tr0n-rt", description="TR0N sampling: translator + Langevin, on any engine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample", help="generate images for prompts or classes", epilog=EPILOG,
+                       description="Generate images with TR0N: translator, then Langevin on the energy.")
+    p.add_argument("queries", nargs="*", help="prompts (text worlds) or class names (class worlds)")
+    add_pipeline_args(p)
+    add_sampling_args(p)
+    p.add_argument("--out", type=Path, default=Path("out"), help="folder for PNGs and JSON (default: out)")
+    p.add_argument("--json", type=Path, default=None, help="JSON file of records (default: OUT/samples.json)")
+    p.add_argument("--no-judge", action="store_true", help="skip the world judge's verdicts")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval", help="judge accuracy over a prompt file", epilog=EPILOG,
+                       description="Sample every prompt of a file and report the world judge's accuracy.")
+    add_pipeline_args(p)
+    add_sampling_args(p)
+    p.add_argument("--prompts", type=Path, default=None, help="one prompt or class per line (default: the world's)")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N prompts (0 = all)")
+    p.add_argument("--json", type=Path, default=None, help="write the accuracy and every verdict here")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train", help="rebuild an embedded world from scratch",
+                       description="Data -> models -> synthetic pairs -> translator, with fixed seeds.")
+    p.add_argument("--world", required=True, choices=["shapes", "digits"], help="world to build")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: engines/WORLD)")
+    p.add_argument("--work", type=Path, default=None, help="folder for synthetic pairs (default: engines/.cache)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every stage (default: 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Tr0nError as e:
+        print(f"tr0n-rt: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
