@@ -12,8 +12,10 @@ u layout per copy (NOISE_DIM = 8):
     3, 4          translation of rows / columns by floor(u (2s + 1)) - s pixels, s = int(H * ratio + 0.5)
     5             resize by r = lo + (hi - lo) u: bilinear to int(r H), then centre pad / crop to H
     6, 7          cutout square of side int(H * ratio + 0.5) centred at floor(u (H + 1 - side % 2))
-Fills are 0 (grey). Deviation from the reference: its resize ratio is one per batch; here it is one
-per copy, so a batch of prompts gives the same images as one prompt at a time.
+Fills are 0 (grey). u = IDENTITY_NOISE leaves the image unchanged (up to rounding): that is how
+"no augmentation" runs through the same graphs (one copy of identity noise).
+Deviation from the reference: its resize ratio is one per batch; here it is one per copy, so a batch
+of prompts gives the same images as one prompt at a time.
 """
 from __future__ import annotations
 
@@ -23,11 +25,14 @@ import torch
 
 NOISE_DIM = 8
 POLICY = ("color", "translation", "resize", "cutout")
+# brightness +0, saturation x1, contrast x1, shift 0, resize x1, cutout square pushed off the image
+IDENTITY_NOISE = (0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 2.0, 2.0)
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    copies: int = 50  # A augmented copies per image; 0 = score the plain image once
+    """What DiffAugment does to each copy; how many copies (A) is a sampling setting."""
+
     policy: tuple[str, ...] = POLICY
     translation_ratio: float = 0.125
     resize_range: tuple[float, float] = (0.8, 1.2)

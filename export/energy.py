@@ -27,13 +27,10 @@ class Energy(nn.Module):
         return self.of_images(self.generator(z), c, u)
 
     def of_images(self, images: torch.Tensor, c: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        b, a = images.shape[0], self.augment.copies
-        if a == 0:
-            return -self.condition_model.score(images, c)
-        if u.shape != (b, a, NOISE_DIM):
+        b, a = images.shape[0], u.shape[1]
+        if u.ndim != 3 or u.shape[0] != b or u.shape[2] != NOISE_DIM:
             raise ShapeError(
-                f"augmentation noise has shape {tuple(u.shape)}, expected [{b}, {a}, {NOISE_DIM}] "
-                f"(batch, copies, numbers per copy)"
+                f"augmentation noise has shape {tuple(u.shape)}, expected [{b}, copies, {NOISE_DIM}]"
             )
         copies = images[:, None].expand(b, a, *images.shape[1:]).reshape(b * a, *images.shape[1:])
         augmented = diff_augment(copies, u.reshape(b * a, NOISE_DIM), self.augment)

@@ -40,8 +40,10 @@ class TorchPipeline:
         self.generator = generator.eval().requires_grad_(False)
         self.condition_model = condition_model.eval().requires_grad_(False)
         self.translator = translator.eval().requires_grad_(False)
-        self.augment = AugmentConfig(**{**spec.get("augment", {}),
-                                        "policy": tuple(spec.get("augment", {}).get("policy", AugmentConfig.policy))})
+        if hasattr(self.condition_model, "prepare_for"):
+            self.condition_model.prepare_for(self.generator.image_size)
+        augment = spec.get("augment") or {}
+        self.augment = AugmentConfig(**{**augment, "policy": tuple(augment.get("policy", AugmentConfig.policy))})
         self.sampling = SamplingConfig(**spec.get("sampling", {}))
         self.tokenizer = None
         if spec.get("tokenizer"):
@@ -49,10 +51,8 @@ class TorchPipeline:
 
             self.tokenizer = tokenizer_from_dict(spec["tokenizer"])
 
-    def energy(self, copies: int) -> Energy:
-        from dataclasses import replace
-
-        return Energy(self.generator, self.condition_model, replace(self.augment, copies=copies))
+    def energy(self) -> Energy:
+        return Energy(self.generator, self.condition_model, self.augment)
 
     def judge(self):
         """The world's independent judge, or None."""

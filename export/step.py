@@ -22,6 +22,10 @@ from .energy import Energy
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
+# Backpropagate GRAD_SCALE * E and divide the gradients by it afterwards (exact for a power of two in
+# float32): in FP16 engines this lifts small gradients out of the subnormal range, as loss scaling does
+# in mixed-precision training.
+GRAD_SCALE = 1024.0
 
 STATE_NAMES = ("means", "logits", "velocity", "adam_m", "adam_v", "step")
 
@@ -43,8 +47,8 @@ def energy_and_grads(energy: Energy, means, logits, condition, aug_noise):
         means = means.detach().requires_grad_(True)
         logits = logits.detach().requires_grad_(True)
         e = energy(mix(means, logits), condition, aug_noise)
-        g_means, g_logits = torch.autograd.grad(e.sum(), (means, logits))
-    return e.detach(), g_means, g_logits
+        g_means, g_logits = torch.autograd.grad(e.sum() * GRAD_SCALE, (means, logits))
+    return e.detach(), g_means / GRAD_SCALE, g_logits / GRAD_SCALE
 
 
 def langevin_step(

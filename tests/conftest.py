@@ -29,7 +29,7 @@ def build_tiny_pipeline(folder, condition: str = "text", latent_dim: int = 8, co
     g = build_generator("dcgan", gen_cfg)
     for m in g.modules():  # DCGAN's N(0, 0.02) init draws near-blank images; make them vivid
         if isinstance(m, torch.nn.ConvTranspose2d):
-            torch.nn.init.normal_(m.weight, 0.0, 2.0 / (m.weight.shape[0] * 4) ** 0.5)
+            torch.nn.init.normal_(m.weight, 0.0, 1.0 / (m.weight.shape[0] * 4) ** 0.5)
     if condition == "text":
         f_spec = {"family": "open_clip", "config": {"model_cfg": TINY_CLIP}}
         tokenizer = WordTokenizer(WORDS, context_length=8).to_dict()
@@ -48,7 +48,7 @@ def build_tiny_pipeline(folder, condition: str = "text", latent_dim: int = 8, co
         "generator": {"family": "dcgan", "config": gen_cfg, "weights": "generator.safetensors"},
         "condition_model": {**f_spec, "weights": "condition.safetensors"},
     }
-    write_pipeline(folder, parts, t, AugmentConfig(copies=4), SamplingConfig(steps=5, copies=4))
+    write_pipeline(folder, parts, t, AugmentConfig(), SamplingConfig(steps=5, copies=4))
     return folder
 
 

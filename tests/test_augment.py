@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tr0n_rt.export.augment import AugmentConfig, color, cutout_mask, diff_augment, resize_matrix, shift_matrix
+from tr0n_rt.export.augment import IDENTITY_NOISE, AugmentConfig, color, cutout_mask, diff_augment, resize_matrix, shift_matrix
 from tr0n_rt.export.models.clip import bilinear_matrix
 
 
@@ -86,7 +86,7 @@ def test_color_equals_reference_formulas():
 
 def test_full_policy_is_differentiable_and_depends_on_the_noise():
     x = torch.randn(3, 3, 16, 16, requires_grad=True)
-    cfg = AugmentConfig(copies=1)
+    cfg = AugmentConfig()
     u1, u2 = torch.rand(3, 8), torch.rand(3, 8)
     a = diff_augment(x, u1, cfg)
     (g,) = torch.autograd.grad(a.square().sum(), x)
@@ -101,3 +101,13 @@ def test_bilinear_matrix_equals_interpolate():
         a = bilinear_matrix(32, dst)
         torch.testing.assert_close(a @ x @ a.T, F.interpolate(x, size=dst, mode="bilinear", align_corners=False),
                                    rtol=1e-5, atol=5e-5)  # float32 rounding of the weights
+
+
+@pytest.mark.parametrize("size", [16, 17, 32, 64])
+def test_identity_noise_leaves_the_image_unchanged(size):
+    from tr0n_rt.sampler import IDENTITY_AUG
+
+    x = torch.randn(2, 3, size, size)
+    u = torch.tensor(IDENTITY_NOISE).expand(2, 8)
+    torch.testing.assert_close(diff_augment(x, u, AugmentConfig()), x, rtol=1e-5, atol=1e-5)
+    assert tuple(IDENTITY_AUG.tolist()) == IDENTITY_NOISE  # the runtime's copy agrees

@@ -21,7 +21,7 @@ def energy():
     f = build_condition_model("open_clip", {"model_cfg": TINY_CLIP}).eval()
     for m in (g, f):
         m.requires_grad_(False)
-    return Energy(g, f, AugmentConfig(copies=3))
+    return Energy(g, f, AugmentConfig())
 
 
 def reference_loop(energy, means, logits, c, augs, noises, hp, bound=None):
@@ -92,8 +92,9 @@ def test_clipping_and_optimizer_state_are_per_sample(energy):
         one = initial_state(means[i:i + 1], logits[i:i + 1])
         for aug, noise in zip(augs, noises):
             one, _ = langevin_step(energy, one, c[i:i + 1], aug[i:i + 1], noise[i:i + 1], hp)
+        # Adam divides by sqrt(v): float32 rounding of tiny logit gradients shows at ~1e-5
         torch.testing.assert_close(one["means"], batch["means"][i:i + 1], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(one["logits"], batch["logits"][i:i + 1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(one["logits"], batch["logits"][i:i + 1], rtol=1e-4, atol=1e-5)
 
 
 def test_mix_is_the_per_dimension_softmax_average():

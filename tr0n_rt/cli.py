@@ -175,6 +175,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .paths import DEFAULT_WORLD, world_dir
+
+    try:
+        from .export.bundle_export import export_bundle
+    except ImportError as e:
+        raise Tr0nError(f"export needs the export extra ({e}): pip install 'tr0n-rt[export]'") from None
+    source = args.pipeline if args.pipeline is not None else world_dir(args.world or DEFAULT_WORLD)
+    tick = time.perf_counter()
+    out = export_bundle(source, args.out, fp16=not args.no_fp16, validate=not args.no_validate, progress=True,
+                        graphs=args.graphs)
+    print(f"bundle written to {out} in {time.perf_counter() - tick:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tr0n-rt", description="TR0N sampling: translator + Langevin, on any engine.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,6 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="use only the first N prompts (0 = all)")
     p.add_argument("--json", type=Path, default=None, help="write the accuracy and every verdict here")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="export a pipeline's graphs to a validated ONNX bundle",
+                       description="Trace every graph (the Langevin step with its gradient included), export "
+                                   "it to ONNX with a dynamic batch, validate it against torch at two inputs, "
+                                   "and write FP16 variants and manifest.json.")
+    p.add_argument("--world", default=None, help="embedded world to export (default: shapes)")
+    p.add_argument("--pipeline", type=Path, default=None, help="pipeline folder (with pipeline.json)")
+    p.add_argument("--out", type=Path, default=None, help="bundle folder (default: the pipeline folder)")
+    p.add_argument("--graphs", nargs="+", default=None,
+                   help="export only these graphs (text_encoder, translator, generator, energy, step)")
+    p.add_argument("--no-fp16", action="store_true", help="skip the FP16 variants")
+    p.add_argument("--no-validate", action="store_true", help="skip the comparison with torch (not recommended)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("train", help="rebuild an embedded world from scratch",
                        description="Data -> models -> synthetic pairs -> translator, with fixed seeds.")

@@ -28,6 +28,10 @@ class PromptError(Tr0nError, ValueError):
     """A prompt, class or condition cannot be used."""
 
 
+class BundleError(Tr0nError):
+    """A bundle folder, its manifest or one of its files is missing, invalid or tampered with."""
+
+
 class BackendError(Tr0nError, RuntimeError):
     """An engine or execution backend is unavailable or failed."""
 

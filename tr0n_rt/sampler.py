@@ -16,6 +16,8 @@ from .errors import PromptError, ShapeError
 from .settings import SamplingConfig
 
 AUG_DIM = 8
+# DiffAugment numbers that leave an image unchanged (export/augment.py): copies = 0 runs as one such copy.
+IDENTITY_AUG = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 2.0, 2.0], dtype=np.float32)
 
 
 @dataclass
@@ -132,7 +134,7 @@ class Sampler:
         final = np.full(b, np.nan, dtype=np.float32)
         if cfg.steps:
             tick = time.perf_counter()
-            aug = np.stack([r.random((cfg.copies, AUG_DIM), dtype=np.float32) for r in rngs])
+            aug = self._step_noise(rngs, cfg.copies, 0)[0]
             e = be.run("energy", {"latent": latents, "condition": conditions, "aug_noise": aug})
             final = be.to_host(e["energy"]).astype(np.float32)
             seconds["final_energy"] = time.perf_counter() - tick
@@ -163,9 +165,9 @@ class Sampler:
     def _step_noise(self, rngs, copies: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Per image, in this order: A x 8 uniforms (augmentation), K x D normals (SGLD)."""
         d = self.info.latent_dim
-        aug = np.empty((len(rngs), copies, AUG_DIM), np.float32)
+        aug = np.empty((len(rngs), max(copies, 1), AUG_DIM), np.float32)
         noise = np.empty((len(rngs), k, d), np.float32)
         for i, rng in enumerate(rngs):
-            aug[i] = rng.random((copies, AUG_DIM), dtype=np.float32)
+            aug[i] = rng.random((copies, AUG_DIM), dtype=np.float32) if copies else IDENTITY_AUG
             noise[i] = rng.standard_normal((k, d), dtype=np.float32)
         return aug, noise

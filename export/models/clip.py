@@ -72,15 +72,18 @@ class OpenClipModel(TextConditionModel):
         self.register_buffer("std", torch.tensor(image_std).view(1, -1, 1, 1), persistent=False)
         self._resize: dict[int, torch.Tensor] = {}
         if source_size:
-            self._resize_matrix(source_size)
+            self.prepare_for(source_size)
 
     def config(self) -> dict:
         return dict(self._config)
 
+    def prepare_for(self, src: int) -> None:
+        """Precomputes the resize matrix for generator images of side src (call outside any tracing:
+        a matrix cached while tracing would be a fake tensor)."""
+        self._resize[src] = bilinear_matrix(src, self.input_size)
+
     def _resize_matrix(self, src: int) -> torch.Tensor:
-        if src not in self._resize:
-            self._resize[src] = bilinear_matrix(src, self.input_size)
-        return self._resize[src]
+        return self._resize[src] if src in self._resize else bilinear_matrix(src, self.input_size)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """images [N, 3, H, H] in [-1, 1] -> encoder input [N, 3, S, S], normalised."""

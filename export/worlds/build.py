@@ -68,7 +68,7 @@ def build_world(name: str, out_dir: str | Path, seed: int = 0, work_dir: str | P
     prompts = parts.pop("prompts", None)
     if prompts:
         write_bytes(out_dir / "prompts.txt", ("\n".join(prompts) + "\n").encode())
-    write_pipeline(out_dir, parts, translator, AugmentConfig(copies=WORLD_SAMPLING.copies), WORLD_SAMPLING, extra={
+    write_pipeline(out_dir, parts, translator, AugmentConfig(), WORLD_SAMPLING, extra={
         "build": {"seed": seed, "seconds": {k: round(v, 1) for k, v in times.items()},
                   "translator_nll_per_epoch": [round(h, 3) for h in history],
                   "torch": torch.__version__, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"},

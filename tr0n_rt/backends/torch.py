@@ -21,7 +21,7 @@ class TorchBackend(Backend):
         self.device = torch.device(device)
         for module in (pipeline.generator, pipeline.condition_model, pipeline.translator):
             module.to(self.device)
-        self._energies = {}
+        self.energy = pipeline.energy()
         p = pipeline
         self.bound = p.generator.latent.bounds
         self.info = PipelineInfo(
@@ -43,11 +43,6 @@ class TorchBackend(Backend):
                 "`pip install 'tr0n-rt[export]'`"
             ) from None
         return cls(TorchPipeline.load(folder), device=device)
-
-    def _energy(self, copies: int):
-        if copies not in self._energies:
-            self._energies[copies] = self.pipeline.energy(copies)
-        return self._energies[copies]
 
     def to_device(self, x):
         if isinstance(x, self.torch.Tensor):
@@ -77,12 +72,10 @@ class TorchBackend(Backend):
             if graph == "generator":
                 return {"images": p.generator(t["latent"])}
             if graph == "energy":
-                energy = self._energy(t["aug_noise"].shape[1])
-                return {"energy": energy(t["latent"], t["condition"], t["aug_noise"])}
+                return {"energy": self.energy(t["latent"], t["condition"], t["aug_noise"])}
             if graph == "step":
-                energy = self._energy(t["aug_noise"].shape[1])
                 state = {n: t[n] for n in STATE_NAMES}
-                new, e = langevin_step(energy, state, t["condition"], t["aug_noise"], t["sgld_noise"],
+                new, e = langevin_step(self.energy, state, t["condition"], t["aug_noise"], t["sgld_noise"],
                                        t["hparams"], bound=self.bound)
                 return {**{f"{n}_next": new[n] for n in STATE_NAMES}, "energy": e}
         raise BackendError(f"the torch backend has no graph {graph!r}")

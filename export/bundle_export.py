@@ -1,0 +1,111 @@
+"""`tr0n-rt export`: a torch pipeline folder -> a validated bundle (manifest.json + ONNX graphs).
+
+Each graph is traced (gradient included), exported with a dynamic batch, fixed (onnx_fixes), checked
+for ops TensorRT cannot take, validated against torch, converted to FP16 and validated again. Files
+are written atomically and the manifest last, so a failed export never leaves a bundle that loads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import onnx
+
+from tr0n_rt.atomic import atomic_path, write_json
+from tr0n_rt.bundle import FORMAT, SCHEMA_VERSION, file_entry
+
+from . import fp16 as fp16_mod
+from .graphs import export_graph, graph_specs
+from .onnx_fixes import expanded_weight_reads, fold_expanded_weights, scatter_gather_nd, vendor_ops
+from .pipeline import TorchPipeline
+from .validate import ValidationError, validate_fp16, validate_fp32
+
+OPSET = 18
+DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT16: "float16"}
+
+
+def tensor_specs(values) -> dict:
+    return {v.name: {"dtype": DTYPES.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type)),
+                     "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values}
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def export_bundle(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, fp16: bool = True,
+                  validate: bool = True, progress: bool = False, graphs: list[str] | None = None,
+                  fp16_strict: bool = True) -> Path:
+    """Exports every graph of the pipeline in pipeline_dir into out_dir (default: the same folder).
+    fp16_strict=False records FP16 results outside tolerance instead of failing (random test models)."""
+    import onnxruntime
+    import torch
+
+    pipeline_dir = Path(pipeline_dir)
+    out = Path(out_dir) if out_dir is not None else pipeline_dir
+    out.mkdir(parents=True, exist_ok=True)
+    p = TorchPipeline.load(pipeline_dir)
+    entries, files, report = {}, {}, {}
+    for spec in graph_specs(p):
+        if graphs and spec.name not in graphs:
+            continue
+        tick = time.perf_counter()
+        path = out / f"{spec.name}.onnx"
+        export_graph(p, spec, path, opset=OPSET)
+        model = onnx.load(str(path))
+        folded = fold_expanded_weights(model)
+        problems = (expanded_weight_reads(model) + vendor_ops(model)
+                    + scatter_gather_nd(model, allow_gather=spec.name == "text_encoder"))
+        if problems:
+            raise ValidationError(f"{spec.name}: graph has ops TensorRT/ORT handle badly: {problems[:5]}")
+        _save(model, path)
+        info = {"export_seconds": None, "expanded_weights_folded": folded}
+        if validate:
+            info["fp32"] = validate_fp32(p, spec, path)
+        entry = {"files": {"fp32": path.name}, "inputs": tensor_specs(model.graph.input),
+                 "outputs": tensor_specs(model.graph.output)}
+        files[path.name] = file_entry(path)
+        if fp16:
+            path16 = out / f"{spec.name}.fp16.onnx"
+            _save(fp16_mod.to_fp16(model), path16)
+            if validate:
+                info["fp16"] = validate_fp16(p, spec, path16, path, strict=fp16_strict)
+            entry["files"]["fp16"] = path16.name
+            files[path16.name] = file_entry(path16)
+        info["export_seconds"] = round(time.perf_counter() - tick, 1)
+        entries[spec.name] = entry
+        report[spec.name] = info
+        if progress:
+            print(f"  {spec.name}: {info['export_seconds']} s" + (
+                f", fp32 max rel err {info['fp32']['max_rel_err']:.1e}" if validate else ""), flush=True)
+
+    tokenizer = p.spec.get("tokenizer")
+    manifest = {
+        "format": FORMAT, "schema_version": SCHEMA_VERSION, "name": p.name,
+        "condition": {"kind": p.condition, "dim": p.translator.config.cond_dim, "classes": p.classes},
+        "latent": {"dim": p.generator.latent.dim, "bounds": p.generator.latent.bounds},
+        "mixture": {"components": p.translator.config.num_components},
+        "image": {"size": p.generator.image_size, "channels": p.generator.channels},
+        "tokenizer": tokenizer,
+        "augment": {**asdict(p.augment), "policy": list(p.augment.policy)},
+        "sampling": p.sampling.to_dict(),
+        "graphs": entries,
+        "files": files,
+        "export": {"exporter": "make_fx (symbolic, autograd traced) + torch.onnx.export(dynamo=True)",
+                   "opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__,
+                   "onnxruntime": onnxruntime.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "validated": validate, "tolerances": _tolerances(), "graphs": report},
+    }
+    write_json(out / "manifest.json", json.loads(json.dumps(manifest, default=float)))
+    return out
+
+
+def _tolerances() -> dict:
+    from . import validate as v
+
+    return {"fp32_rel_err": v.FP32_RTOL, "fp16_energy_rel_err": v.FP16_ENERGY_RTOL,
+            "fp16_grad_cosine": v.FP16_GRAD_COSINE, "fp16_rel_err": v.FP16_RTOL}

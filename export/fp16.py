@@ -1,0 +1,102 @@
+"""FP16 variants of exported graphs: float16 compute, float32 I/O, float32 islands where FP16 fails.
+
+TensorRT 11 builds only strongly typed networks, so precision must be in the graph itself. Kept in
+float32: normalisation and softmax (FP16 LayerNorm/softmax overflow is a known TensorRT failure),
+reductions, exp/log/pow/sqrt, everything computed from the optimizer state (Adam's second moment
+~1e-12 underflows in FP16), i.e. every node reachable from the step graph's state and hparams inputs,
+and the augmentation parameters computed from aug_noise alone (shifts, crop sizes and cutout squares
+are floor()s of it: rounded to FP16 they pick other pixels, and the gradient cosine fell to 0.9975).
+"""
+from __future__ import annotations
+
+import onnx
+from onnxruntime.transformers.float16 import convert_float_to_float16
+
+FP32_OPS = ["LayerNormalization", "BatchNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum",
+            "ReduceMax", "ReduceL2", "Sqrt", "Pow", "Exp", "Log", "Erf", "Reciprocal", "Div"]
+# Inputs whose downstream arithmetic is the optimizer update (not the energy or its gradient).
+OPTIMIZER_INPUTS = ("velocity", "adam_m", "adam_v", "step", "hparams", "sgld_noise")
+NOISE_INPUTS = ("aug_noise",)
+
+
+SHAPE_OPS = ("Shape", "Size")
+
+
+def reachable_nodes(model: onnx.ModelProto, sources: set[str]) -> list[str]:
+    """Names of nodes whose values depend on any of the named graph inputs. Shape edges do not count:
+    a dynamic batch size read off one input feeds Reshapes everywhere without carrying its data."""
+    live = set(sources)
+    names = []
+    for node in model.graph.node:  # ONNX nodes are topologically sorted
+        if node.op_type not in SHAPE_OPS and any(i in live for i in node.input):
+            live.update(node.output)
+            names.append(node.name)
+    return names
+
+
+HEAVY_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def light_input_functions(model: onnx.ModelProto) -> list[str]:
+    """Nodes that are cheap functions of graph inputs (and constants) alone, no Conv/MatMul on the way:
+    the mixture z' = sum_k softmax(pi) mu, the augmentation matrices. FP16 would only round them.
+    Functions of constants alone (weight transposes) are left to follow their consumers' precision."""
+    consts = {i.name for i in model.graph.initializer}
+    from_inputs = {i.name for i in model.graph.input}
+    names = []
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            consts.update(node.output)
+        elif node.op_type in HEAVY_OPS or not all(i in consts or i in from_inputs or not i for i in node.input):
+            continue
+        elif any(i in from_inputs for i in node.input):
+            from_inputs.update(node.output)
+            names.append(node.name)
+        else:
+            consts.update(node.output)
+    return names
+
+
+def remove_round_trips(model: onnx.ModelProto) -> int:
+    """The converter casts every blocked node's output (and every input) to FP16 and back to float32
+    before the next blocked node reads it, rounding each float32 island at its edges (Adam's v ~1e-12
+    would become 0). Rewire each Cast(-> float32) of a Cast(-> FP16) to cast the original value:
+    the same value, without the rounding."""
+    def cast_to(node):
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    producer = {o: n for n in model.graph.node for o in n.output}
+    rewired = 0
+    for node in model.graph.node:
+        src = producer.get(node.input[0]) if cast_to(node) == onnx.TensorProto.FLOAT else None
+        if src is not None and cast_to(src) == onnx.TensorProto.FLOAT16:
+            node.input[0] = src.input[0]
+            rewired += 1
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    for n in [n for n in model.graph.node if n.op_type == "Cast" and not any(o in used for o in n.output)]:
+        model.graph.node.remove(n)
+    return rewired
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # leave the caller's model alone
+    for i, node in enumerate(model.graph.node):  # the converter blocks nodes by name
+        if not node.name:
+            node.name = f"node_{i}"
+    # An output that is a folded constant (the translator's std) would be defined twice once the
+    # converter casts it: route it through an Identity.
+    for out in model.graph.output:
+        for init in model.graph.initializer:
+            if init.name == out.name:
+                init.name = f"{out.name}_constant"
+                model.graph.node.append(onnx.helper.make_node("Identity", [init.name], [out.name],
+                                                              name=f"{out.name}_identity"))
+    inputs = {i.name for i in model.graph.input}
+    data = inputs - set(OPTIMIZER_INPUTS) - set(NOISE_INPUTS)
+    noise_only = set(reachable_nodes(model, inputs & set(NOISE_INPUTS))) - set(reachable_nodes(model, data))
+    blocked = set(reachable_nodes(model, inputs & set(OPTIMIZER_INPUTS))) | noise_only
+    blocked |= set(light_input_functions(model))
+    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS,
+                                         node_block_list=sorted(blocked))
+    remove_round_trips(converted)
+    return converted

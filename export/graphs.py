@@ -1,0 +1,129 @@
+"""Each graph of a pipeline as one function of named tensors: its contract, example inputs and ONNX
+export. The contract (names, dynamic axes) is declared once here and read by the runtime from the
+bundle manifest, so exporter and runtime never disagree (see tr0n_rt/backends/base.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tr0n_rt.backends.base import STATE_NAMES
+
+from .gradient import trace
+from .pipeline import TorchPipeline
+from .step import langevin_step
+
+STEP_INPUTS = STATE_NAMES + ("condition", "aug_noise", "sgld_noise", "hparams")
+STEP_OUTPUTS = tuple(f"{n}_next" for n in STATE_NAMES) + ("energy",)
+BATCH, COPIES = "batch", "copies"
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    dynamic: dict[str, dict[int, str]]  # input name -> {axis: symbolic dim name}
+
+
+def graph_specs(p: TorchPipeline) -> list[GraphSpec]:
+    batch = {0: BATCH}
+    specs = []
+    if p.condition == "text":
+        specs.append(GraphSpec("text_encoder", ("tokens",), ("condition",), {"tokens": batch}))
+    specs += [
+        GraphSpec("translator", ("condition",), ("logits", "means", "std"), {"condition": batch}),
+        GraphSpec("generator", ("latent",), ("images",), {"latent": batch}),
+        GraphSpec("energy", ("latent", "condition", "aug_noise"), ("energy",),
+                  {"latent": batch, "condition": batch, "aug_noise": {0: BATCH, 1: COPIES}}),
+        GraphSpec("step", STEP_INPUTS, STEP_OUTPUTS,
+                  {**{n: batch for n in STATE_NAMES if n != "step"}, "condition": batch,
+                   "aug_noise": {0: BATCH, 1: COPIES}, "sgld_noise": batch}),
+    ]
+    return specs
+
+
+def graph_function(p: TorchPipeline, name: str):
+    """The torch function a graph computes: positional tensors in spec order -> tuple of tensors."""
+    energy = p.energy()
+    bound = p.generator.latent.bounds
+
+    def text_encoder(tokens):
+        return (p.condition_model.encode_text(tokens),)
+
+    def translator(condition):
+        out = p.translator(condition)
+        return out["logits"], out["means"], out["std"]
+
+    def generator(latent):
+        return (p.generator(latent),)
+
+    def energy_fn(latent, condition, aug_noise):
+        return (energy(latent, condition, aug_noise),)
+
+    def step(means, logits, velocity, adam_m, adam_v, step, condition, aug_noise, sgld_noise, hparams):
+        state = dict(zip(STATE_NAMES, (means, logits, velocity, adam_m, adam_v, step)))
+        new, e = langevin_step(energy, state, condition, aug_noise, sgld_noise, hparams, bound)
+        return tuple(new[n] for n in STATE_NAMES) + (e,)
+
+    return {"text_encoder": text_encoder, "translator": translator, "generator": generator,
+            "energy": energy_fn, "step": step}[name]
+
+
+def example_inputs(p: TorchPipeline, name: str, batch: int = 2, copies: int = 3, seed: int = 0) -> dict:
+    """Random inputs of a graph with realistic ranges (batch and copies >= 2 so tracing keeps them symbolic)."""
+    g = torch.Generator().manual_seed(seed)
+    d_c, d = p.translator.config.cond_dim, p.generator.latent.dim
+    k = p.translator.config.num_components
+    if p.condition == "text":
+        cond = torch.nn.functional.normalize(torch.randn(batch, d_c, generator=g), dim=1)
+    else:
+        cond = torch.softmax(3 * torch.randn(batch, d_c, generator=g), dim=1)
+    aug = torch.rand(batch, copies, 8, generator=g)
+    if name == "text_encoder":
+        ctx = p.condition_model.context_length
+        vocab = p.tokenizer.vocab_size if p.tokenizer is not None else 49408
+        tokens = torch.randint(1, vocab - 2, (batch, ctx), generator=g)
+        lengths = torch.randint(2, ctx, (batch,), generator=g)
+        tokens[torch.arange(batch), lengths] = vocab - 1  # the end token (the highest id) somewhere
+        tokens[torch.arange(ctx)[None, :] > lengths[:, None]] = 0
+        return {"tokens": tokens}
+    if name == "translator":
+        return {"condition": cond}
+    if name == "generator":
+        return {"latent": p.generator.latent.sample_prior(batch, generator=g)}
+    if name == "energy":
+        return {"latent": p.generator.latent.sample_prior(batch, generator=g), "condition": cond, "aug_noise": aug}
+    means = torch.randn(batch, k, d, generator=g)
+    return {
+        "means": means, "logits": torch.randn(batch, k, d, generator=g),
+        "velocity": 0.1 * torch.randn(batch, k, d, generator=g),
+        "adam_m": 1e-3 * torch.randn(batch, k, d, generator=g),
+        "adam_v": 1e-6 * torch.rand(batch, k, d, generator=g),
+        "step": torch.tensor([float(torch.randint(0, 50, (1,), generator=g))]),
+        "condition": cond, "aug_noise": aug, "sgld_noise": torch.randn(batch, k, d, generator=g),
+        "hparams": torch.tensor([0.1, 0.99, 0.01, 5e-3, 1.0]),
+    }
+
+
+def export_graph(p: TorchPipeline, spec: GraphSpec, path: str | Path, opset: int = 18) -> Path:
+    """Traces the graph's function (autograd included) and writes it as ONNX with dynamic axes."""
+    from torch.export import Dim
+
+    fn = graph_function(p, spec.name)
+    inputs = example_inputs(p, spec.name)
+    args = tuple(inputs[n] for n in spec.inputs)
+    gm = trace(fn, args).eval()
+    dims = {BATCH: Dim(BATCH, min=1, max=4096), COPIES: Dim(COPIES, min=1, max=1024)}
+    dynamic = tuple({axis: dims[d] for axis, d in spec.dynamic[n].items()} if n in spec.dynamic else None
+                    for n in spec.inputs)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".onnx.part")
+    torch.onnx.export(gm, args, str(tmp), dynamo=True, dynamic_shapes=dynamic, opset_version=opset,
+                      input_names=list(spec.inputs), output_names=list(spec.outputs), external_data=False,
+                      verbose=False)
+    tmp.replace(path)
+    return path

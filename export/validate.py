@@ -1,0 +1,117 @@
+"""Every exported graph against torch, on fresh random inputs, at two different inputs (a gradient
+frozen into a constant cannot match both), run by polygraphy's ONNX Runtime runner.
+
+Tolerances (relative error = ||onnx - torch|| / ||torch|| over a whole output tensor, which stays
+meaningful where elementwise relative error explodes on near-zero elements):
+    float32:  <= 1e-4 on every output (gradients included; the step graph's outputs are the update)
+    float16:  <= 1e-2 on E; cosine >= 0.999 between the FP16 and float32 gradients; <= 2e-2 elsewhere
+The step graph's gradients are read from its outputs with zero optimizer state: velocity_next is then
+the clipped dE/dmeans and adam_m_next = (1 - beta1) * clipped dE/dlogits.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tr0n_rt.errors import Tr0nError
+
+from .graphs import GraphSpec, example_inputs, graph_function
+from .pipeline import TorchPipeline
+
+FP32_RTOL = 1e-4
+FP16_ENERGY_RTOL = 1e-2
+FP16_GRAD_COSINE = 0.999
+FP16_RTOL = 2e-2
+CASES = ((11, 2, 3), (12, 3, 5))  # (seed, batch, copies): two different inputs and shapes
+
+
+class ValidationError(Tr0nError):
+    """An exported graph disagrees with torch beyond the stated tolerance."""
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a.astype(np.float64) - b) / max(np.linalg.norm(b.astype(np.float64)), 1e-30))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+
+
+def _feeds(p: TorchPipeline, spec: GraphSpec, zero_state: bool) -> list[dict[str, torch.Tensor]]:
+    feeds = []
+    for seed, batch, copies in CASES:
+        x = example_inputs(p, spec.name, batch=batch, copies=copies, seed=seed)
+        if zero_state and spec.name == "step":
+            for n in ("velocity", "adam_m", "adam_v"):
+                x[n] = torch.zeros_like(x[n])
+        feeds.append(x)
+    return feeds
+
+
+def run_onnx(path: Path, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Runs a graph on each feed with polygraphy's ONNX Runtime runner (CPU)."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    with OnnxrtRunner(SessionFromOnnx(str(path), providers=["cpu"])) as runner:
+        return [dict(runner.infer(feed)) for feed in feeds]
+
+
+def run_torch(p: TorchPipeline, spec: GraphSpec, feeds) -> list[dict[str, np.ndarray]]:
+    fn = graph_function(p, spec.name)
+    with torch.no_grad():
+        return [{n: o.detach().numpy() for n, o in zip(spec.outputs, fn(*[x[i] for i in spec.inputs]))} for x in feeds]
+
+
+def validate_fp32(p: TorchPipeline, spec: GraphSpec, path: Path) -> dict:
+    """Max relative error per output over both cases; raises ValidationError beyond FP32_RTOL."""
+    feeds = _feeds(p, spec, zero_state=False)
+    ref = run_torch(p, spec, feeds)
+    got = run_onnx(path, [{k: v.numpy() for k, v in x.items()} for x in feeds])
+    errs = {o: max(rel_err(g[o], r[o]) for g, r in zip(got, ref)) for o in spec.outputs}
+    worst = max(errs, key=errs.get)
+    if errs[worst] > FP32_RTOL:
+        raise ValidationError(f"{path.name}: output {worst!r} differs from torch by {errs[worst]:.2e} relative "
+                              f"(float32 tolerance {FP32_RTOL:.0e})")
+    _check_inputs_matter(got, spec)
+    return {"max_rel_err": errs[worst], "rel_err": errs}
+
+
+def _check_inputs_matter(got, spec: GraphSpec) -> None:
+    """Two different inputs must give different outputs (else the graph computes a constant)."""
+    for o in spec.outputs:
+        a, b = got[0][o], got[1][o]
+        if o != "std" and a.shape[1:] == b.shape[1:] and np.allclose(a[:1], b[:1]):
+            raise ValidationError(f"{spec.name}: output {o!r} is the same for two different inputs: "
+                                  "it was frozen into a constant during export")
+
+
+def validate_fp16(p: TorchPipeline, spec: GraphSpec, path16: Path, path32: Path, strict: bool = True) -> dict:
+    """FP16 against the float32 graph (same feeds). Beyond the FP16 tolerances: ValidationError when
+    strict, else the report says `within_tolerance: False` (for random-weight test models)."""
+    feeds = [{k: v.numpy() for k, v in x.items()} for x in _feeds(p, spec, zero_state=True)]
+    ref, got = run_onnx(path32, feeds), run_onnx(path16, feeds)
+    report = {}
+    for o in spec.outputs:
+        report[o] = max(rel_err(g[o], r[o]) for g, r in zip(got, ref))
+    checks = []
+    if "energy" in spec.outputs:
+        checks.append(("energy rel err", report["energy"], FP16_ENERGY_RTOL, "max"))
+    if spec.name == "step":
+        for o in ("velocity_next", "adam_m_next"):  # the clipped gradients (zero optimizer state)
+            report[f"{o} cosine"] = min(cosine(g[o], r[o]) for g, r in zip(got, ref))
+            checks.append((f"gradient cosine ({o})", report[f"{o} cosine"], FP16_GRAD_COSINE, "min"))
+    else:
+        for o in spec.outputs:
+            if o != "energy":
+                checks.append((f"{o} rel err", report[o], FP16_RTOL, "max"))
+    report["within_tolerance"] = True
+    for what, value, bound, kind in checks:
+        if (value > bound) if kind == "max" else (value < bound):
+            if strict:
+                raise ValidationError(f"{path16.name}: {what} {value:.4g} is outside the FP16 tolerance {bound}; "
+                                      "export with --no-fp16, or keep more of the graph in float32 (export/fp16.py)")
+            report["within_tolerance"] = False
+    return report

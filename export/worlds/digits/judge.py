@@ -1,0 +1,104 @@
+"""The digits judge: an independent classifier that says whether a sample shows the requested digit.
+
+It is trained apart from the energy's classifier (other seed, other architecture: BatchNorm, max
+pooling, dropout, a dense head) and never enters the Langevin energy, so a sample that merely fools
+f is less likely to fool the judge as well.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tr0n_rt.errors import ConfigError, PromptError, ShapeError
+
+from ...checkpoints import load_weights
+from .data import CLASSES
+
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+_PREFIX = re.compile(r"^(?:an?\s+|the\s+)?(?:(?:digit|number|class|numeral)\s*:?\s*)?")
+
+
+def parse_class(text: str | int) -> int:
+    """'3', 'digit 3', 'three', 'the digit three', 3 -> 3; anything else raises PromptError."""
+    if isinstance(text, int) and not isinstance(text, bool) and 0 <= text <= 9:
+        return text
+    key = _PREFIX.sub("", str(text).strip().lower()).strip()
+    if key.isdigit() and len(key) == 1:
+        return int(key)
+    if key in NAMES:
+        return NAMES.index(key)
+    raise PromptError(
+        f"{text!r} is not a digit class; accepted: {', '.join(CLASSES)}, {', '.join(NAMES)}, "
+        "optionally prefixed by 'digit' (e.g. 'digit 3', 'digit three')"
+    )
+
+
+class JudgeNet(nn.Module):
+    """images [N, channels, image_size, image_size] in [-1, 1] -> logits [N, num_classes]."""
+
+    def __init__(self, num_classes: int = 10, channels: int = 1, image_size: int = 32, width: int = 24):
+        super().__init__()
+        self.num_classes, self.channels, self.image_size, self.width = num_classes, channels, image_size, width
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True), nn.MaxPool2d(2)]
+
+        self.features = nn.Sequential(*block(channels, width), *block(width, 2 * width), *block(2 * width, 4 * width))
+        side = image_size // 8
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(4 * width * side * side, 128),
+                                  nn.ReLU(True), nn.Dropout(0.3), nn.Linear(128, num_classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+    def config(self) -> dict:
+        return {"num_classes": self.num_classes, "channels": self.channels,
+                "image_size": self.image_size, "width": self.width}
+
+
+class DigitsJudge:
+    """Checks generated digits against their target classes.
+
+        judge = DigitsJudge.load(spec["judge"], Path("engines/digits"))
+        judge.verdicts(images, ["3", "digit seven", ...])  # -> [{"predicted": "3", ..., "correct": True}, ...]
+    """
+
+    family = "digits_judge"
+
+    def __init__(self, net: JudgeNet, classes: list[str] | None = None):
+        self.net = net.eval()
+        self.classes = list(classes or CLASSES)
+
+    @classmethod
+    def load(cls, spec: dict, folder: Path) -> "DigitsJudge":
+        """spec: the manifest's {"family": "digits_judge", "config": {...}, "weights": "judge.safetensors"}."""
+        if spec.get("family") != cls.family:
+            raise ConfigError(f"judge family {spec.get('family')!r} is not {cls.family!r}")
+        net = JudgeNet(**spec.get("config", {}))
+        load_weights(net, Path(folder) / spec["weights"])
+        return cls(net)
+
+    @torch.no_grad()
+    def probabilities(self, images) -> torch.Tensor:
+        """images [N, C, S, S] in [-1, 1] (torch or numpy) -> [N, num_classes]."""
+        x = torch.as_tensor(images, dtype=torch.float32)
+        c, s = self.net.channels, self.net.image_size
+        if x.ndim != 4 or tuple(x.shape[1:]) != (c, s, s):
+            raise ShapeError(f"judge takes images [N, {c}, {s}, {s}] in [-1, 1], got {tuple(x.shape)}")
+        return torch.cat([self.net(x[i:i + 256]).softmax(-1) for i in range(0, len(x), 256)])
+
+    def verdicts(self, images, classes: list[str]) -> list[dict]:
+        """One dict per image: predicted class, its confidence, the target, the target's probability, correct."""
+        if len(classes) != len(images):
+            raise ShapeError(f"got {len(images)} images but {len(classes)} target classes: pass one class per image")
+        targets = [parse_class(c) for c in classes]
+        probs = self.probabilities(images)
+        conf, pred = probs.max(-1)
+        return [
+            {"predicted": self.classes[p], "confidence": float(cf), "target": self.classes[t],
+             "target_probability": float(pr[t]), "correct": p == t}
+            for p, cf, t, pr in zip(pred.tolist(), conf, targets, probs)
+        ]

@@ -1,0 +1,141 @@
+"""Export: every graph against torch at two inputs, graph hygiene, FP16 variants, the manifest."""
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from tr0n_rt.bundle import load_bundle
+from tr0n_rt.export.bundle_export import export_bundle
+from tr0n_rt.export.fp16 import remove_round_trips, to_fp16
+from tr0n_rt.export.graphs import graph_specs
+from tr0n_rt.export.onnx_fixes import expanded_weight_reads, fold_expanded_weights
+from tr0n_rt.export.pipeline import TorchPipeline
+from tr0n_rt.export.validate import ValidationError, run_onnx, validate_fp32
+
+
+@pytest.fixture(scope="module")
+def text_bundle(tiny_text_pipeline, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bundle") / "tiny"
+    shutil.copytree(tiny_text_pipeline, folder)
+    # a random tiny CLIP's gradient is too rough for the FP16 cosine bound: record, don't enforce
+    export_bundle(folder, fp16=True, validate=True, fp16_strict=False)
+    return folder
+
+
+def test_every_graph_is_exported_validated_and_listed(text_bundle):
+    m = json.loads((text_bundle / "manifest.json").read_text())
+    assert set(m["graphs"]) == {"text_encoder", "translator", "generator", "energy", "step"}
+    for name, report in m["export"]["graphs"].items():
+        assert report["fp32"]["max_rel_err"] <= 1e-4, (name, report)
+        assert set(m["graphs"][name]["files"]) == {"fp32", "fp16"}
+    step = m["graphs"]["step"]
+    assert step["inputs"]["aug_noise"]["shape"] == ["batch", "copies", 8]
+    assert step["inputs"]["means"]["shape"][0] == "batch"
+    assert m["export"]["graphs"]["step"]["fp16"]["energy"] <= 1e-2
+    b = load_bundle(text_bundle)  # checksums and schema hold
+    assert b.info.latent_dim == 8 and b.info.num_components == 3
+
+
+def test_no_graph_reads_an_expanded_weight_or_uses_vendor_ops(text_bundle):
+    for f in text_bundle.glob("*.onnx"):
+        model = onnx.load(str(f))
+        assert expanded_weight_reads(model) == [], f
+        assert all(n.domain in ("", "ai.onnx") for n in model.graph.node), f
+        if "text_encoder" not in f.name:
+            assert not any(n.op_type in ("ScatterND", "GatherND") for n in model.graph.node), f
+
+
+def test_a_gradient_frozen_into_a_constant_is_caught(tiny_text_pipeline, tmp_path, monkeypatch):
+    """Export the step with its energy gradient replaced by the gradient at the example input:
+    validation at other inputs must fail."""
+    import tr0n_rt.export.step as step_mod
+
+    p = TorchPipeline.load(tiny_text_pipeline)
+    spec = next(s for s in graph_specs(p) if s.name == "step")
+    real = step_mod.energy_and_grads
+    frozen = {}
+
+    def constant_gradient(energy, means, logits, condition, aug_noise):
+        e, gm, gl = real(energy, means, logits, condition, aug_noise)
+        if "g" not in frozen:  # the first (example) call's gradient becomes a constant
+            frozen["g"] = (torch.randn(gm.shape[1:]), torch.randn(gl.shape[1:]))
+        return e, frozen["g"][0].expand_as(means), frozen["g"][1].expand_as(logits)
+
+    from tr0n_rt.export.graphs import export_graph
+
+    monkeypatch.setattr(step_mod, "energy_and_grads", constant_gradient)
+    path = export_graph(p, spec, tmp_path / "step.onnx")
+    monkeypatch.setattr(step_mod, "energy_and_grads", real)
+    with pytest.raises(ValidationError, match="differs from torch"):
+        validate_fp32(p, spec, path)
+
+
+def expand_matmul_model():
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.random.rand(12).astype(np.float32))
+    shape = helper.make_tensor("shape", TensorProto.INT64, [3], [5, 4, 3])
+    nodes = [helper.make_node("Expand", ["w", "shape"], ["w_big"], name="expand"),
+             helper.make_node("MatMul", ["x", "w_big"], ["y"], name="matmul")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 2, 3])], [w, shape])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_expanded_weight_is_detected_and_folded_without_changing_results(tmp_path):
+    model = expand_matmul_model()
+    assert expanded_weight_reads(model) == ["matmul"]
+    x = np.random.rand(5, 2, 4).astype(np.float32)
+    onnx.save(model, str(tmp_path / "a.onnx"))
+    before = run_onnx(tmp_path / "a.onnx", [{"x": x}])[0]["y"]
+    assert fold_expanded_weights(model) == 1
+    assert expanded_weight_reads(model) == [] and not any(n.op_type == "Expand" for n in model.graph.node)
+    onnx.save(model, str(tmp_path / "b.onnx"))
+    np.testing.assert_allclose(run_onnx(tmp_path / "b.onnx", [{"x": x}])[0]["y"], before, rtol=1e-6)
+
+
+def test_fp16_keeps_float32_islands_exact():
+    """A float32 island (here Softmax -> Exp, both kept in float32) must not be rounded to FP16
+    between its nodes; tiny values that FP16 flushes to zero survive."""
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"], name="square"),
+             helper.make_node("Exp", ["sq"], ["e"], name="exp"),
+             helper.make_node("Log", ["e"], ["y"], name="log")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
+    m16 = to_fp16(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    ops = [n.op_type for n in m16.graph.node]
+    assert "Exp" in ops and "Log" in ops
+    # between exp and log no FP16 round trip remains
+    producer = {o: n for n in m16.graph.node for o in n.output}
+    log = next(n for n in m16.graph.node if n.op_type == "Log")
+    chain = producer[log.input[0]]
+    while chain.op_type == "Cast":
+        assert next(a.i for a in chain.attribute if a.name == "to") == TensorProto.FLOAT
+        chain = producer[chain.input[0]]
+    assert chain.op_type == "Exp"
+    assert remove_round_trips(m16) == 0  # idempotent
+
+
+def test_fp16_graphs_keep_float32_io(text_bundle):
+    for f in text_bundle.glob("*.fp16.onnx"):
+        model = onnx.load(str(f))
+        for v in list(model.graph.input) + list(model.graph.output):
+            assert v.type.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.INT64), (f, v.name)
+        assert any(init.data_type == TensorProto.FLOAT16 for init in model.graph.initializer), f
+
+
+def test_strict_fp16_validation_agrees_with_the_report(text_bundle, tiny_text_pipeline):
+    """The report's within_tolerance and strict mode say the same thing for the step graph."""
+    from tr0n_rt.export.validate import validate_fp16
+
+    p = TorchPipeline.load(tiny_text_pipeline)
+    spec = next(s for s in graph_specs(p) if s.name == "step")
+    report = validate_fp16(p, spec, text_bundle / "step.fp16.onnx", text_bundle / "step.onnx", strict=False)
+    assert report["energy"] <= 1e-2 and 0.99 < report["velocity_next cosine"] <= 1.0
+    if report["within_tolerance"]:
+        validate_fp16(p, spec, text_bundle / "step.fp16.onnx", text_bundle / "step.onnx", strict=True)
+    else:
+        with pytest.raises(ValidationError, match="outside the FP16 tolerance"):
+            validate_fp16(p, spec, text_bundle / "step.fp16.onnx", text_bundle / "step.onnx", strict=True)

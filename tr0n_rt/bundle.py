@@ -1,0 +1,157 @@
+"""A bundle: the contract between export (torch) and the runtime (no torch). Documented here, once.
+
+A bundle is a folder with `manifest.json` and the files it lists:
+
+    format          "tr0n-rt.bundle";  schema_version  1
+    name            pipeline name (e.g. "shapes")
+    condition       {"kind": "text" | "class", "dim": d_c, "classes": [names] | null}
+    latent          {"dim": D, "bounds": b | null}          refined latents are clamped to [-b, b]
+    mixture         {"components": K}
+    image           {"size": H, "channels": C}              generator output, in [-1, 1]
+    tokenizer       tokenizer_from_dict() input | null      (text bundles)
+    augment         DiffAugment policy the energy graphs were exported with
+    sampling        default SamplingConfig fields
+    graphs          {name: {"files": {"fp32": file, "fp16": file?}, "inputs": {tensor: {"dtype", "shape"}},
+                            "outputs": {...}}}              shapes use "batch"/"copies" for dynamic axes
+    files           {file: {"sha256": hex, "bytes": n}}     every file the bundle needs, checked on load
+    export          exporter, opset, library versions, validation figures (informational)
+
+Graph names and tensor meanings are those of tr0n_rt/backends/base.py.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backends.base import GRAPHS, PipelineInfo
+from .errors import BundleError, ConfigError
+from .settings import SamplingConfig
+
+FORMAT = "tr0n-rt.bundle"
+SCHEMA_VERSION = 1
+PRECISIONS = ("fp32", "fp16")
+REQUIRED_GRAPHS = ("translator", "step", "energy", "generator")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Bundle:
+    folder: Path
+    manifest: dict
+    info: PipelineInfo
+
+    def graph_file(self, graph: str, precision: str = "fp32") -> Path:
+        entry = self.manifest["graphs"].get(graph)
+        if entry is None:
+            raise BundleError(f"bundle {self.folder} has no {graph!r} graph; re-export it with `tr0n-rt export`")
+        files = entry["files"]
+        if precision not in files:
+            raise BundleError(f"bundle {self.folder} has no {precision} {graph!r} graph (has: "
+                              f"{', '.join(files)}); export with --fp16 or choose --precision fp32")
+        return self.folder / files[precision]
+
+    def io(self, graph: str) -> tuple[dict, dict]:
+        entry = self.manifest["graphs"][graph]
+        return entry["inputs"], entry["outputs"]
+
+    def has(self, graph: str) -> bool:
+        return graph in self.manifest["graphs"]
+
+
+def _field(manifest: dict, path: str, kind, where: Path):
+    """manifest["a"]["b"] for path "a.b", checked to be of `kind`; a BundleError names the field."""
+    value = manifest
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise BundleError(f"{where}: manifest field {path!r} is missing; re-export the bundle")
+        value = value[part]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BundleError(f"{where}: manifest field {path!r} is {value!r}, expected {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def load_bundle(folder: str | Path, verify: bool = True) -> Bundle:
+    """Reads and validates manifest.json; with verify, checks every listed file's size and sha256."""
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise BundleError(f"{folder} is not a bundle (no manifest.json): export one with "
+                          f"`tr0n-rt export --pipeline DIR --out {folder}`")
+    try:
+        m = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path} is not valid JSON ({e}); the bundle is damaged: re-export it") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise BundleError(f"{path}: field 'format' is {m.get('format') if isinstance(m, dict) else m!r}, "
+                          f"expected {FORMAT!r}")
+    version = _field(m, "schema_version", int, path)
+    if version != SCHEMA_VERSION:
+        raise BundleError(f"{path}: schema_version {version} is not supported (this tr0n-rt reads "
+                          f"{SCHEMA_VERSION}); re-export the bundle with this version")
+    kind = _field(m, "condition.kind", str, path)
+    if kind not in ("text", "class"):
+        raise BundleError(f"{path}: field 'condition.kind' is {kind!r}, expected 'text' or 'class'")
+    if kind == "text" and not isinstance(m.get("tokenizer"), dict):
+        raise BundleError(f"{path}: a text bundle needs field 'tokenizer'")
+    if kind == "class" and not isinstance(m["condition"].get("classes"), list):
+        raise BundleError(f"{path}: a class bundle needs field 'condition.classes'")
+    graphs = _field(m, "graphs", dict, path)
+    needed = REQUIRED_GRAPHS + (("text_encoder",) if kind == "text" else ())
+    missing = [g for g in needed if g not in graphs]
+    if missing:
+        raise BundleError(f"{path}: graph(s) {', '.join(missing)} missing from field 'graphs'; re-export")
+    unknown = [g for g in graphs if g not in GRAPHS]
+    if unknown:
+        raise BundleError(f"{path}: unknown graph(s) {', '.join(unknown)} in field 'graphs' (known: {', '.join(GRAPHS)})")
+    files = _field(m, "files", dict, path)
+    for g, entry in graphs.items():
+        for prec, name in _field(m, f"graphs.{g}.files", dict, path).items():
+            if prec not in PRECISIONS:
+                raise BundleError(f"{path}: graphs.{g}.files has precision {prec!r}; known: {', '.join(PRECISIONS)}")
+            if name not in files:
+                raise BundleError(f"{path}: {name} (graphs.{g}.files.{prec}) is not listed in field 'files'")
+        _field(m, f"graphs.{g}.inputs", dict, path)
+        _field(m, f"graphs.{g}.outputs", dict, path)
+    try:
+        sampling = SamplingConfig(**_field(m, "sampling", dict, path))
+    except (TypeError, ConfigError) as e:
+        raise BundleError(f"{path}: field 'sampling' is invalid: {e}") from None
+    info = PipelineInfo(
+        name=_field(m, "name", str, path), condition=kind, cond_dim=_field(m, "condition.dim", int, path),
+        latent_dim=_field(m, "latent.dim", int, path), num_components=_field(m, "mixture.components", int, path),
+        image_size=_field(m, "image.size", int, path), channels=_field(m, "image.channels", int, path),
+        tokenizer=m.get("tokenizer"), classes=m["condition"].get("classes"), sampling=sampling,
+    )
+    if verify:
+        verify_files(folder, files)
+    return Bundle(folder, m, info)
+
+
+def verify_files(folder: Path, files: dict) -> None:
+    """Every listed file exists with its recorded size and sha256, or a BundleError says which is not."""
+    for name, meta in files.items():
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"bundle file name {name!r} leaves the bundle folder; the manifest is not trusted")
+        f = folder / name
+        if not f.is_file():
+            raise BundleError(f"bundle file {f} is missing; copy the whole bundle folder or re-export it")
+        size = f.stat().st_size
+        if size != meta.get("bytes"):
+            raise BundleError(f"bundle file {f} has {size} bytes, the manifest says {meta.get('bytes')}: "
+                              "it is truncated or replaced; re-export or re-copy the bundle")
+        if sha256_file(f) != meta.get("sha256"):
+            raise BundleError(f"bundle file {f} does not match its sha256 in the manifest: it was modified "
+                              "or corrupted; re-export or re-copy the bundle")
+
+
+def file_entry(path: Path) -> dict:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
