@@ -10,7 +10,7 @@ are floor()s of it: rounded to FP16 they pick other pixels, and the gradient cos
 from __future__ import annotations
 
 import onnx
-from onnxruntime.transformers.float16 import convert_float_to_float16
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
 FP32_OPS = ["LayerNormalization", "BatchNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum",
             "ReduceMax", "ReduceL2", "Sqrt", "Pow", "Exp", "Log", "Erf", "Reciprocal", "Div"]
@@ -96,7 +96,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     noise_only = set(reachable_nodes(model, inputs & set(NOISE_INPUTS))) - set(reachable_nodes(model, data))
     blocked = set(reachable_nodes(model, inputs & set(OPTIMIZER_INPUTS))) | noise_only
     blocked |= set(light_input_functions(model))
-    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS,
+    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS + DEFAULT_OP_BLOCK_LIST,
                                          node_block_list=sorted(blocked))
     remove_round_trips(converted)
     return converted

@@ -17,7 +17,7 @@ from .step import langevin_step
 
 STEP_INPUTS = STATE_NAMES + ("condition", "aug_noise", "sgld_noise", "hparams")
 STEP_OUTPUTS = tuple(f"{n}_next" for n in STATE_NAMES) + ("energy",)
-BATCH, COPIES = "batch", "copies"
+BATCH, COPIES, COMPONENTS = "batch", "copies", "components"  # K is dynamic: sample mode and prior init use K = 1
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class GraphSpec:
 
 def graph_specs(p: TorchPipeline) -> list[GraphSpec]:
     batch = {0: BATCH}
+    mixture = {0: BATCH, 1: COMPONENTS}
     specs = []
     if p.condition == "text":
         specs.append(GraphSpec("text_encoder", ("tokens",), ("condition",), {"tokens": batch}))
@@ -39,8 +40,8 @@ def graph_specs(p: TorchPipeline) -> list[GraphSpec]:
         GraphSpec("energy", ("latent", "condition", "aug_noise"), ("energy",),
                   {"latent": batch, "condition": batch, "aug_noise": {0: BATCH, 1: COPIES}}),
         GraphSpec("step", STEP_INPUTS, STEP_OUTPUTS,
-                  {**{n: batch for n in STATE_NAMES if n != "step"}, "condition": batch,
-                   "aug_noise": {0: BATCH, 1: COPIES}, "sgld_noise": batch}),
+                  {**{n: mixture for n in STATE_NAMES if n != "step"}, "condition": batch,
+                   "aug_noise": {0: BATCH, 1: COPIES}, "sgld_noise": mixture}),
     ]
     return specs
 
@@ -96,6 +97,7 @@ def example_inputs(p: TorchPipeline, name: str, batch: int = 2, copies: int = 3,
         return {"latent": p.generator.latent.sample_prior(batch, generator=g)}
     if name == "energy":
         return {"latent": p.generator.latent.sample_prior(batch, generator=g), "condition": cond, "aug_noise": aug}
+    k = max(k, 2)  # a traced size of 1 would be specialised (made static)
     means = torch.randn(batch, k, d, generator=g)
     return {
         "means": means, "logits": torch.randn(batch, k, d, generator=g),
@@ -104,7 +106,7 @@ def example_inputs(p: TorchPipeline, name: str, batch: int = 2, copies: int = 3,
         "adam_v": 1e-6 * torch.rand(batch, k, d, generator=g),
         "step": torch.tensor([float(torch.randint(0, 50, (1,), generator=g))]),
         "condition": cond, "aug_noise": aug, "sgld_noise": torch.randn(batch, k, d, generator=g),
-        "hparams": torch.tensor([0.1, 0.99, 0.01, 5e-3, 1.0]),
+        "hparams": torch.tensor([0.1, 0.99, 0.01, 5e-3, 1.0, 1e-8]),
     }
 
 
@@ -116,7 +118,8 @@ def export_graph(p: TorchPipeline, spec: GraphSpec, path: str | Path, opset: int
     inputs = example_inputs(p, spec.name)
     args = tuple(inputs[n] for n in spec.inputs)
     gm = trace(fn, args).eval()
-    dims = {BATCH: Dim(BATCH, min=1, max=4096), COPIES: Dim(COPIES, min=1, max=1024)}
+    dims = {BATCH: Dim(BATCH, min=1, max=4096), COPIES: Dim(COPIES, min=1, max=1024),
+            COMPONENTS: Dim(COMPONENTS, min=1, max=1024)}
     dynamic = tuple({axis: dims[d] for axis, d in spec.dynamic[n].items()} if n in spec.dynamic else None
                     for n in spec.inputs)
     path = Path(path)

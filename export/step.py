@@ -11,7 +11,7 @@ Latent fed to G: z' = sum_k softmax_k(pi)[., k, d] * mu[., k, d]           [B, D
 Update, per sample b (the reference runs batch 1, so its whole-tensor clipping is per sample):
     g_mu, g_pi = dE/dmu, dE/dpi, each clipped to norm <= clip_norm
     v  = momentum v + g_mu;  mu = mu - lr v + noise_std eps;  mu = clamp(mu, -bound, bound)
-    pi = Adam(pi, g_pi, logits_lr)                    (torch.optim.Adam's arithmetic, betas 0.9/0.999)
+    pi = Adam(pi, g_pi, logits_lr, eps)               (torch.optim.Adam's arithmetic, betas 0.9/0.999)
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import torch
 from .energy import Energy
 
 ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
 CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
 # Backpropagate GRAD_SCALE * E and divide the gradients by it afterwards (exact for a power of two in
 # float32): in FP16 engines this lifts small gradients out of the subnormal range, as loss scaling does
@@ -57,11 +56,11 @@ def langevin_step(
     condition: torch.Tensor,  # [B, d_c]
     aug_noise: torch.Tensor,  # [B, A, 8] uniform [0, 1)
     sgld_noise: torch.Tensor,  # [B, K, D] standard normal
-    hparams: torch.Tensor,  # [5]: latent_lr, momentum, noise_std, logits_lr, clip_norm
+    hparams: torch.Tensor,  # [6]: latent_lr, momentum, noise_std, logits_lr, clip_norm, adam_eps
     bound: float | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One step; returns the new state and E [B] at the state it was given."""
-    latent_lr, momentum, noise_std, logits_lr, clip_norm = hparams.unbind(0)
+    latent_lr, momentum, noise_std, logits_lr, clip_norm, eps = hparams.unbind(0)
     e, g_mu, g_pi = energy_and_grads(energy, state["means"], state["logits"], condition, aug_noise)
     g_mu = clip_per_sample(g_mu, clip_norm)
     g_pi = clip_per_sample(g_pi, clip_norm)
@@ -75,7 +74,9 @@ def langevin_step(
     t = state["step"] + 1
     adam_m = b1 * state["adam_m"] + (1 - b1) * g_pi
     adam_v = b2 * state["adam_v"] + (1 - b2) * g_pi * g_pi
-    denom = (adam_v.sqrt() / torch.sqrt(1 - b2**t)) + ADAM_EPS
+    # eps comes in with hparams: the ONNX exporter's optimizer folds a constant `+ 1e-8` away as if it
+    # were 0, and then 0 / 0 = NaN wherever a logit gradient is exactly 0 (sample mode, K = 1)
+    denom = (adam_v.sqrt() / torch.sqrt(1 - b2**t)) + eps
     logits = state["logits"] - (logits_lr / (1 - b1**t)) * adam_m / denom
 
     new = {"means": means, "logits": logits, "velocity": velocity, "adam_m": adam_m, "adam_v": adam_v, "step": t}

@@ -95,6 +95,9 @@ def validate_fp16(p: TorchPipeline, spec: GraphSpec, path16: Path, path32: Path,
     ref, got = run_onnx(path32, feeds), run_onnx(path16, feeds)
     report = {}
     for o in spec.outputs:
+        if not all(np.isfinite(g[o]).all() for g in got):
+            raise ValidationError(f"{path16.name}: output {o!r} is not finite in FP16 (overflow or underflow "
+                                  "into a division): keep that part of the graph in float32 (export/fp16.py)")
         report[o] = max(rel_err(g[o], r[o]) for g, r in zip(got, ref))
     checks = []
     if "energy" in spec.outputs:
@@ -103,6 +106,8 @@ def validate_fp16(p: TorchPipeline, spec: GraphSpec, path16: Path, path32: Path,
         for o in ("velocity_next", "adam_m_next"):  # the clipped gradients (zero optimizer state)
             report[f"{o} cosine"] = min(cosine(g[o], r[o]) for g, r in zip(got, ref))
             checks.append((f"gradient cosine ({o})", report[f"{o} cosine"], FP16_GRAD_COSINE, "min"))
+        for o in ("means_next", "logits_next"):  # the updated latents themselves
+            checks.append((f"{o} rel err", report[o], FP16_RTOL, "max"))
     else:
         for o in spec.outputs:
             if o != "energy":

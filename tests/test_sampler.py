@@ -86,3 +86,12 @@ def test_class_pipeline_takes_classes(tiny_class_pipeline):
         s.conditions(["7"])
     with pytest.raises(PromptError, match="class-conditional"):
         s.encode_text(["a circle"])
+
+
+def test_prior_init_starts_from_the_seeded_standard_normal(text_sampler):
+    c = text_sampler.encode_text(["a red circle", "a blue square"])
+    out = text_sampler.sample(c, [3, 4], SamplingConfig(steps=0, init="prior"))
+    expected = np.stack([np.random.default_rng(s).standard_normal(8, dtype=np.float32) for s in (3, 4)])
+    np.testing.assert_array_equal(out.latents, expected)
+    moved = text_sampler.sample(c, [3, 4], SamplingConfig(steps=3, copies=2, init="prior"))
+    assert np.abs(moved.latents - expected).max() > 1e-3

@@ -129,6 +129,7 @@ def load_bundle(folder: str | Path, verify: bool = True) -> Bundle:
         name=_field(m, "name", str, path), condition=kind, cond_dim=_field(m, "condition.dim", int, path),
         latent_dim=_field(m, "latent.dim", int, path), num_components=_field(m, "mixture.components", int, path),
         image_size=_field(m, "image.size", int, path), channels=_field(m, "image.channels", int, path),
+        latent_bounds=m["latent"].get("bounds"),
         tokenizer=m.get("tokenizer"), classes=m["condition"].get("classes"), sampling=sampling,
     )
     if verify:

@@ -19,7 +19,7 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--world", default=None, help="embedded world to use: shapes (text, default) or digits (classes)")
     g.add_argument("--pipeline", type=Path, default=None, help="pipeline folder (with pipeline.json) instead of a world")
     g.add_argument("--backend", default="torch", help="engine that runs the graphs (default: torch)")
-    g.add_argument("--device", default="cpu", help="device for the torch backend: cpu or cuda (default: cpu)")
+    g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -66,6 +66,8 @@ def open_sampler(args):
 
 def load_judge(folder: Path):
     """The pipeline's judge when it has one and torch is installed, else None."""
+    if not (folder / "pipeline.json").is_file():  # a bare bundle: no torch models beside it
+        return None
     spec = json.loads((folder / "pipeline.json").read_text()).get("judge")
     if not spec:
         return None

@@ -102,12 +102,18 @@ class Sampler:
         seconds: dict[str, float] = {}
 
         tick = time.perf_counter()
-        tr = be.run("translator", {"condition": conditions})
-        logits, means, std = (be.to_host(tr[k]) for k in ("logits", "means", "std"))
+        if cfg.init == "prior":  # baseline without translator: z0 ~ N(0, I), then Langevin
+            means = np.stack([r.standard_normal(d, dtype=np.float32) for r in rngs])[:, None]
+            if self.info.latent_bounds is not None:
+                means = np.clip(means, -self.info.latent_bounds, self.info.latent_bounds)
+            logits = np.zeros_like(means)
+        else:
+            tr = be.run("translator", {"condition": conditions})
+            logits, means, std = (be.to_host(tr[k]) for k in ("logits", "means", "std"))
+            means, logits = self._initial_mixture(cfg, rngs, logits, means, std)
         seconds["translate"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        means, logits = self._initial_mixture(cfg, rngs, logits, means, std)
         trace = np.zeros((cfg.steps, b), dtype=np.float32)
         if cfg.steps:
             c_dev = be.to_device(conditions)

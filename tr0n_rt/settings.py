@@ -14,6 +14,7 @@ import numpy as np
 from .errors import ConfigError, unknown_name
 
 MODES = ("mixture", "sample")
+INITS = ("translator", "prior")
 
 
 @dataclass(frozen=True)
@@ -26,17 +27,21 @@ class SamplingConfig:
     noise_std: float = 0.01  # SGLD noise added to the means after each step (not scaled by lr)
     logits_lr: float = 5e-3  # Adam on the mixture logits
     clip_norm: float = 1.0  # per-sample gradient norm clip, means and logits separately
+    adam_eps: float = 1e-8  # Adam's epsilon (torch's default); an input, not a constant, of the step graph
+    init: str = "translator"  # "prior": start Langevin from z ~ p(z) instead (the no-translator baseline)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ConfigError(f"unknown sampling mode {self.mode!r}; use one of: {', '.join(MODES)}")
+        if self.init not in INITS:
+            raise ConfigError(f"unknown init {self.init!r}; use one of: {', '.join(INITS)}")
         if self.steps < 0 or self.copies < 0:
             raise ConfigError(f"steps and copies must be >= 0 (got steps={self.steps}, copies={self.copies})")
         if self.clip_norm <= 0:
             raise ConfigError(f"clip_norm must be > 0, got {self.clip_norm}")
 
     def hparams(self) -> np.ndarray:
-        """The step graph's `hparams` input: float32 [5] in HPARAM_NAMES order."""
+        """The step graph's `hparams` input: float32 [6] in HPARAM_NAMES order."""
         return np.array([getattr(self, n) for n in HPARAM_NAMES], dtype=np.float32)
 
     def to_dict(self) -> dict:
@@ -50,7 +55,7 @@ class SamplingConfig:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
-HPARAM_NAMES = ("latent_lr", "momentum", "noise_std", "logits_lr", "clip_norm")
+HPARAM_NAMES = ("latent_lr", "momentum", "noise_std", "logits_lr", "clip_norm", "adam_eps")
 
 PRESETS = {
     "paper": SamplingConfig(),

@@ -4,7 +4,7 @@ Graphs (names, inputs -> outputs; B = batch, K = mixture components, D = latent 
     text_encoder  tokens int64 [B, L]                                  -> condition [B, d_c]
     translator    condition [B, d_c]                                   -> logits [B, K], means [B, K, D], std [D]
     step          means, logits, velocity, adam_m, adam_v [B, K, D], step [1],
-                  condition [B, d_c], aug_noise [B, A, 8], sgld_noise [B, K, D], hparams [5]
+                  condition [B, d_c], aug_noise [B, A, 8], sgld_noise [B, K, D], hparams [6]
                                                                        -> <state>_next ..., energy [B]
     energy        latent [B, D], condition [B, d_c], aug_noise [B, A, 8] -> energy [B]
     generator     latent [B, D]                                        -> images [B, C, H, W] in [-1, 1]
@@ -34,6 +34,7 @@ class PipelineInfo:
     num_components: int
     image_size: int
     channels: int
+    latent_bounds: float | None = None  # refined latents live in [-b, b] (BigGAN: 2)
     tokenizer: dict | None = None
     classes: list[str] | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

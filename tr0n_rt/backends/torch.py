@@ -27,7 +27,7 @@ class TorchBackend(Backend):
         self.info = PipelineInfo(
             name=p.name, condition=p.condition, cond_dim=p.translator.config.cond_dim,
             latent_dim=p.generator.latent.dim, num_components=p.translator.config.num_components,
-            image_size=p.generator.image_size, channels=p.generator.channels,
+            image_size=p.generator.image_size, channels=p.generator.channels, latent_bounds=self.bound,
             tokenizer=p.spec.get("tokenizer"), classes=p.classes, sampling=p.sampling,
         )
 

@@ -1,0 +1,211 @@
+"""The onnxruntime backend over exported tiny bundles: parity with torch, FP16, refusals, the graph cache."""
+import json
+import re
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+
+from tr0n_rt.backends import open_backend  # noqa: E402
+from tr0n_rt.backends.onnxruntime import AUTO, OrtBackend, cache_root  # noqa: E402
+from tr0n_rt.errors import BackendError, BundleError  # noqa: E402
+from tr0n_rt.sampler import Sampler  # noqa: E402
+from tr0n_rt.settings import SamplingConfig  # noqa: E402
+
+QUERIES = {"text": ["a red circle", "a blue square on a white background", "red"], "class": ["0", "3", "digit 1"]}
+SEEDS = [3, 4, 5]
+_BUNDLES: dict = {}
+
+
+def exported_bundle(pipeline, tmp_path_factory, fp16: bool):
+    """A bundle exported into a copy of a tiny pipeline folder, once per test session (~20 s each).
+    Shared with test_torch_free.py through this module's cache."""
+    key = (str(pipeline), fp16)
+    if key not in _BUNDLES:
+        from tr0n_rt.export.bundle_export import export_bundle
+
+        out = tmp_path_factory.mktemp(f"bundle-{pipeline.name}")
+        shutil.copytree(pipeline, out, dirs_exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.onnx's export chatter
+            _BUNDLES[key] = export_bundle(out, out, fp16=fp16, validate=False)
+    return _BUNDLES[key]
+
+
+@pytest.fixture(scope="session")
+def text_bundle(tiny_text_pipeline, tmp_path_factory):
+    return exported_bundle(tiny_text_pipeline, tmp_path_factory, fp16=True)
+
+
+@pytest.fixture(scope="session")
+def class_bundle(tiny_class_pipeline, tmp_path_factory):
+    return exported_bundle(tiny_class_pipeline, tmp_path_factory, fp16=False)
+
+
+def random_conditions(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    c = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return c / np.linalg.norm(c, axis=1, keepdims=True)
+
+
+# --- the same images as the reference -------------------------------------------------------------------
+# Max |ORT - torch| on images in [-1, 1] after 4 steps. Float32 summation order alone gives ~1e-6. The
+# class world's logit gradients are ~1e-7, near Adam's eps (1e-8), where m / (sqrt(v) + eps) turns their
+# relative rounding differences into lr-sized logit updates: measured 7e-4 (3e-7 with logits_lr = 0).
+TOLERANCE = {"text": 1e-4, "class": 3e-3}
+
+
+@pytest.mark.parametrize("mode", ["mixture", "sample"])
+@pytest.mark.parametrize("kind", ["text", "class"])
+def test_images_equal_the_torch_backends(request, tmp_path, kind, mode):
+    bundle = request.getfixturevalue(f"{kind}_bundle")
+    cfg = SamplingConfig(mode=mode, steps=4, copies=3)
+    ours, reference = Sampler(OrtBackend.open(bundle, cache_dir=tmp_path)), Sampler(open_backend("torch", bundle))
+    c = reference.conditions(QUERIES[kind])
+    np.testing.assert_allclose(ours.conditions(QUERIES[kind]), c, atol=1e-5)
+    for config, tolerance in ((cfg, TOLERANCE[kind]), (cfg.with_overrides(logits_lr=0.0), 1e-4)):
+        a, b = ours.sample(c, SEEDS, config), reference.sample(c, SEEDS, config)
+        assert b.images.std() > 0.05  # not blank images agreeing trivially
+        assert np.abs(a.images - b.images).max() <= tolerance, (config, np.abs(a.images - b.images).max())
+        np.testing.assert_allclose(a.energy_trace, b.energy_trace, atol=1e-5)
+        np.testing.assert_allclose(a.energies, b.energies, atol=1e-4)
+
+
+def test_cpu_returns_numpy_and_casts_integer_tokens(text_bundle, tmp_path):
+    be = OrtBackend.open(text_bundle, cache_dir=tmp_path)
+    tokens = Sampler(be).tokenizer(["a red circle"], allow_empty=False)
+    out64 = be.run("text_encoder", {"tokens": tokens})["condition"]
+    out32 = be.run("text_encoder", {"tokens": tokens.astype(np.int32)})["condition"]
+    assert isinstance(out64, np.ndarray) and out64.shape == (1, be.info.cond_dim)
+    np.testing.assert_array_equal(out64, out32)
+    with pytest.raises(BackendError, match="input 'tokens' of graph 'text_encoder' is float32, the graph takes int64"):
+        be.run("text_encoder", {"tokens": tokens.astype(np.float32)})
+
+
+# --- FP16 ---------------------------------------------------------------------------------------------
+def fp16_backend(bundle, cache):
+    try:
+        be = OrtBackend.open(bundle, precision="fp16", cache_dir=cache)
+        be.load("generator")
+    except BackendError as e:
+        pytest.skip(f"onnxruntime CPU cannot run the FP16 graphs: {e}")
+    return be
+
+
+@pytest.mark.parametrize("steps", [0, 4])
+def test_fp16_images_are_close_to_fp32(text_bundle, tmp_path, steps):
+    """Measured on 8 images in [-1, 1]: mean |diff| 8e-5 (T = 0) and 5e-5 (T = 4), max 6e-4 both."""
+    c, seeds, cfg = random_conditions(8, 16), list(range(8)), SamplingConfig(steps=steps, copies=3)
+    a = Sampler(OrtBackend.open(text_bundle, cache_dir=tmp_path)).sample(c, seeds, cfg)
+    h = Sampler(fp16_backend(text_bundle, tmp_path)).sample(c, seeds, cfg)
+    assert np.isfinite(h.images).all() and np.isfinite(h.energy_trace).all()
+    diff = np.abs(a.images - h.images)
+    assert diff.mean() <= 1e-3 and diff.max() <= 1e-2, (diff.mean(), diff.max())
+    assert diff.max() > 0  # it did run the FP16 graphs
+
+
+# --- bad bundles are refused at open, before any session or sampling ---------------------------------------
+def flip_byte(folder):
+    path = folder / "step.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def truncate(folder):
+    path = folder / "generator.onnx"
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def edit_manifest(change):
+    def damage(folder):
+        m = json.loads((folder / "manifest.json").read_text())
+        change(m)
+        (folder / "manifest.json").write_text(json.dumps(m))
+    return damage
+
+
+def rename_translator_input(m):
+    t = m["graphs"]["translator"]["inputs"]
+    t["cond"] = t.pop("condition")
+
+
+DAMAGES = {
+    "flipped byte": (flip_byte, "step.onnx does not match its sha256"),
+    "truncated file": (truncate, "generator.onnx has \\d+ bytes, the manifest says \\d+"),
+    "missing file": (lambda f: (f / "translator.onnx").unlink(), "translator.onnx is missing"),
+    "wrong field": (edit_manifest(lambda m: m["condition"].update(dim="16")),
+                    re.escape("field 'condition.dim' is '16', expected int")),
+    "renamed input": (edit_manifest(rename_translator_input),
+                      "graph 'translator'.*input 'cond' is declared in the manifest but the graph has none.*"
+                      "graph input 'condition' is not declared.*re-export"),
+    "wrong dtype": (edit_manifest(lambda m: m["graphs"]["text_encoder"]["inputs"]["tokens"].update(dtype="int32")),
+                    "graph 'text_encoder'.*input 'tokens': manifest says int32, the graph has int64"),
+    "wrong static dim": (edit_manifest(lambda m: m["graphs"]["generator"]["outputs"]["images"].update(
+        shape=["batch", 3, 32, 32])), "graph 'generator'.*output 'images': axis 2 is 16 in the graph, 32 in the manifest"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_bad_bundles_are_refused_at_open(text_bundle, tmp_path, damage):
+    bad = tmp_path / "bundle"
+    shutil.copytree(text_bundle, bad)
+    change, message = DAMAGES[damage]
+    change(bad)
+    with pytest.raises(BundleError, match=message):
+        OrtBackend.open(bad, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # no session was ever created
+
+
+def test_unknown_graphs_and_providers_are_refused(class_bundle, tmp_path):
+    be = OrtBackend.open(class_bundle, cache_dir=tmp_path)
+    with pytest.raises(BackendError, match="has no 'text_encoder' graph.*translator"):
+        be.run("text_encoder", {"tokens": np.zeros((1, 8), np.int64)})
+    with pytest.raises(BackendError, match="takes inputs latent; missing: latent, unknown: z"):
+        be.run("generator", {"z": np.zeros((1, 8), np.float32)})
+    available = ort.get_available_providers()
+    assert be.providers == [p for p in AUTO if p in available]
+    with pytest.raises(BackendError, match=r"'npu' is not available .*available: .*CPUExecutionProvider"):
+        OrtBackend.open(class_bundle, providers=["npu"])
+    if "CUDAExecutionProvider" not in available:
+        with pytest.raises(BackendError, match=r"'cuda' is not available .*onnxruntime-gpu"):
+            open_backend("onnxruntime", class_bundle, device="cuda")
+    assert open_backend("onnxruntime", class_bundle, device="cpu").providers == ["CPUExecutionProvider"]
+
+
+# --- the optimised-graph cache ------------------------------------------------------------------------
+def test_second_open_loads_the_optimised_graphs_from_the_cache(text_bundle, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    c, cfg = random_conditions(2, 16), SamplingConfig(steps=3, copies=2)
+    first = OrtBackend.open(text_bundle, cache_dir=cache)
+    a = Sampler(first).sample(c, [0, 1], cfg)
+    assert set(first.graphs) == {"translator", "step", "energy", "generator"}  # text_encoder: never used, never loaded
+    step = first.graphs["step"]
+    assert step.source == "graph" and step.cache_file.parent == cache and step.cache_file.is_file()
+    assert not list(cache.glob(".*"))  # no temp files left behind
+    second = OrtBackend.open(text_bundle, cache_dir=cache)
+    b = Sampler(second).sample(c, [0, 1], cfg)
+    assert {g.source for g in second.graphs.values()} == {"cache"}
+    assert second.graphs["step"].cache_file == step.cache_file
+    np.testing.assert_array_equal(a.images, b.images)
+    fp16 = OrtBackend.open(text_bundle, precision="fp16", cache_dir=cache)
+    assert fp16.cache_key("step") != first.cache_key("step")  # another file, another entry
+    monkeypatch.setenv("TR0N_RT_CACHE", str(tmp_path / "elsewhere"))
+    assert cache_root() == tmp_path / "elsewhere" / "ort" and cache_root(cache) == cache
+
+
+def test_an_unusable_cache_file_is_replaced(text_bundle, tmp_path):
+    cache, latent = tmp_path / "cache", np.zeros((2, 8), np.float32)
+    be = OrtBackend.open(text_bundle, cache_dir=cache)
+    reference = be.run("generator", {"latent": latent})["images"]
+    be.load("translator")
+    cached, foreign = be.graphs["generator"].cache_file, be.graphs["translator"].cache_file
+    for spoil in (lambda: cached.write_bytes(cached.read_bytes()[:200]),  # truncated
+                  lambda: shutil.copyfile(foreign, cached)):  # a readable graph, but not this one
+        spoil()
+        again = OrtBackend.open(text_bundle, cache_dir=cache)
+        np.testing.assert_array_equal(again.run("generator", {"latent": latent})["images"], reference)
+        assert again.graphs["generator"].source == "graph"
+        assert OrtBackend.open(text_bundle, cache_dir=cache).load("generator").source == "cache"  # rewritten

@@ -1,0 +1,424 @@
+"""The onnxruntime backend: a bundle's ONNX graphs on the CPU, CUDA or TensorRT execution provider.
+
+Life cycle: open (manifest, checksums, declared IO of every graph checked against its file) ->
+load (one session per graph, on first use) -> run. Imports no torch.
+
+CPU: inputs and outputs are numpy arrays. Sessions are optimised once (ORT_ENABLE_ALL) and the
+optimised graph is cached, so a later open loads it with optimisation off.
+CUDA / TensorRT: IO binding. Inputs that are already OrtValues on the device are bound as they are,
+outputs are bound to the device and returned as OrtValues, so the Langevin state never leaves the
+GPU between steps. Only `to_host` copies back.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import mmap
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_path
+from ..bundle import PRECISIONS, Bundle, load_bundle
+from ..errors import BackendError, BundleError, ConfigError
+from .base import Backend
+
+CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+SHORT_NAMES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT}
+AUTO = (TENSORRT, CUDA, CPU)  # providers=None: the fastest that this onnxruntime build has
+GPU_PROVIDERS = (TENSORRT, CUDA)
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise BackendError(f"the onnxruntime backend needs onnxruntime ({e}): `pip install 'tr0n-rt[cpu]'` "
+                           "(or `tr0n-rt[gpu]` for CUDA/TensorRT)") from None
+    return onnxruntime
+
+
+def cache_root(cache_dir=None) -> Path:
+    """cache_dir, else $TR0N_RT_CACHE/ort, else ~/.cache/tr0n-rt/ort."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    root = os.environ.get("TR0N_RT_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "tr0n-rt") / "ort"
+
+
+def resolve_providers(ort, providers=None) -> list[str]:
+    """None -> TensorRT, CUDA, CPU as available; else each name (full or cpu/cuda/tensorrt) must be available."""
+    available = ort.get_available_providers()
+    if providers is None:
+        return [p for p in AUTO if p in available]
+    if isinstance(providers, str):
+        providers = [providers]
+    out = []
+    for p in providers:
+        full = SHORT_NAMES.get(str(p).lower(), p)
+        if full not in available:
+            raise BackendError(f"execution provider {p!r} is not available in this onnxruntime "
+                               f"{ort.__version__} (available: {', '.join(available)}); the GPU providers come "
+                               "with `pip install onnxruntime-gpu` (never together with onnxruntime)")
+        out.append(full)
+    return out
+
+
+def providers_for_device(device: str) -> tuple[list[str], int]:
+    """open_backend's device string -> (providers, device id): cpu -> CPU; cuda or cuda:N -> CUDA."""
+    kind, _, index = device.partition(":")
+    if kind == "cpu":
+        return ["cpu"], 0
+    if kind == "cuda" and (index == "" or index.isdigit()):
+        return ["cuda"], int(index or 0)
+    raise ConfigError(f"unknown device {device!r} for the onnxruntime backend; use cpu, cuda or cuda:N")
+
+
+@dataclass
+class LoadedGraph:
+    session: object  # onnxruntime.InferenceSession
+    source: str  # "cache": the optimised graph cached by an earlier open; "graph": the bundle's own file
+    seconds: float  # session creation time
+    cache_file: Path | None  # where the optimised graph is cached (None: not cached, e.g. a GPU provider)
+
+
+class OrtBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, providers: list[str], precision: str = "fp32",
+                 cache_dir: Path | None = None, device_id: int = 0):
+        self.ort = import_onnxruntime()
+        self.bundle, self.info = bundle, bundle.info
+        self.providers, self.precision, self.device_id = providers, precision, device_id
+        self.cache_dir = cache_root(cache_dir)
+        self.on_gpu = providers[0] in GPU_PROVIDERS
+        self.graphs: dict[str, LoadedGraph] = {}
+
+    @classmethod
+    def open(cls, bundle_dir, precision: str = "fp32", providers=None, cache_dir=None, device_id: int = 0,
+             device: str | None = None) -> "OrtBackend":
+        """Opens a bundle; device ("cpu", "cuda[:N]") picks the providers when `providers` is not given."""
+        ort = import_onnxruntime()
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
+        if providers is None and device is not None:
+            providers, device_id = providers_for_device(device)
+        resolved = resolve_providers(ort, providers)
+        if not resolved:
+            raise BackendError(f"no usable execution provider (available: {', '.join(ort.get_available_providers())})")
+        bundle = load_bundle(bundle_dir)
+        for graph in bundle.manifest["graphs"]:  # before any sampling: files exist and declare the manifest's IO
+            path = bundle.graph_file(graph, precision)
+            check_io(bundle, graph, path, *onnx_io(path))
+        return cls(bundle, resolved, precision, cache_dir, device_id)
+
+    # --- sessions ----------------------------------------------------------------------------------
+    def load(self, graph: str) -> LoadedGraph:
+        """The graph's session, created on first use (from the optimised-graph cache when it has one)."""
+        if graph in self.graphs:
+            return self.graphs[graph]
+        if not self.bundle.has(graph):
+            raise BackendError(f"bundle {self.bundle.folder} has no {graph!r} graph (it has: "
+                               f"{', '.join(self.bundle.manifest['graphs'])})")
+        path = self.bundle.graph_file(graph, self.precision)
+        tick = time.perf_counter()
+        session, source, cache_file = self._create(graph, path)
+        seconds = time.perf_counter() - tick
+        self.graphs[graph] = LoadedGraph(session, source, seconds, cache_file)
+        return self.graphs[graph]
+
+    def _create(self, graph: str, path: Path):
+        """CPU: load the cached optimised graph if there is a usable one, else optimise and cache it.
+        Optimised CPU graphs are not portable to other providers (fused EP-specific ops), so GPU
+        providers are never cached here (TensorRT keeps its own engine cache)."""
+        if self.on_gpu:
+            return self._checked_session(graph, path, optimize=True), "graph", None
+        cache_file = self.cache_dir / f"{graph}.{self.cache_key(graph)}.onnx"
+        if cache_file.is_file():
+            try:
+                return self._checked_session(graph, cache_file, optimize=False), "cache", cache_file
+            except (BackendError, BundleError):  # unreadable, or not this graph's IO: rebuild it
+                cache_file.unlink(missing_ok=True)
+        try:
+            with atomic_path(cache_file) as tmp:  # optimise into a temp name, then os.replace
+                session = self._checked_session(graph, path, optimize=True, save_to=tmp)
+            return session, "graph", cache_file
+        except OSError:  # no writable cache folder: run uncached
+            return self._checked_session(graph, path, optimize=True), "graph", None
+
+    def _checked_session(self, graph: str, path: Path, optimize: bool, save_to: Path | None = None):
+        """A session whose providers are those asked for and whose IO is the manifest's."""
+        session = self._session(path, optimize, save_to)
+        if self.on_gpu and self.providers[0] not in session.get_providers():
+            raise BackendError(f"{self.providers[0]} failed to start (the session fell back to "
+                               f"{', '.join(session.get_providers())}); check the CUDA/cuDNN/TensorRT install "
+                               "or open with device='cpu'")
+        check_io(self.bundle, graph, path, *session_io(session))
+        return session
+
+    def cache_key(self, graph: str) -> str:
+        """sha256 of the graph file (manifest), onnxruntime version, providers, and the host CPU: graphs
+        optimised with ORT_ENABLE_ALL may use layouts tuned to this CPU's vector width (NCHWc)."""
+        name = self.bundle.manifest["graphs"][graph]["files"][self.precision]
+        parts = [self.bundle.manifest["files"][name]["sha256"], self.ort.__version__, ",".join(self.providers),
+                 host_cpu()]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+    def _session(self, path: Path, optimize: bool, save_to: Path | None = None):
+        ort = self.ort
+        so = ort.SessionOptions()
+        so.log_severity_level = 3  # errors only: the NCHWc "hardware specific" warning is handled by the key
+        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                       else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        if save_to is not None:
+            so.optimized_model_filepath = str(save_to)
+            so.add_session_config_entry("session.save_model_format", "ONNX")
+        try:
+            return ort.InferenceSession(str(path), sess_options=so, providers=self._provider_options())
+        except Exception as e:  # onnxruntime's own exception types (Fail, InvalidGraph, ...) share no base
+            raise BackendError(f"onnxruntime {ort.__version__} cannot load {path} on "
+                               f"{', '.join(self.providers)}: {e}") from None
+
+    def _provider_options(self) -> list[tuple[str, dict]]:
+        out = []
+        for p in self.providers:
+            if p == TENSORRT:
+                trt_cache = self.cache_dir / "tensorrt"
+                trt_cache.mkdir(parents=True, exist_ok=True)
+                out.append((p, {"device_id": self.device_id, "trt_engine_cache_enable": True,
+                                "trt_engine_cache_path": str(trt_cache),
+                                "trt_fp16_enable": self.precision == "fp16"}))
+            elif p == CUDA:
+                out.append((p, {"device_id": self.device_id}))
+            else:
+                out.append((p, {}))
+        return out
+
+    # --- running -----------------------------------------------------------------------------------
+    def run(self, graph: str, inputs: dict) -> dict:
+        """Runs one graph. CPU: numpy in, numpy out. GPU: numpy or device OrtValues in, OrtValues out."""
+        loaded = self.load(graph)
+        declared, _ = self.bundle.io(graph)
+        missing = [n for n in declared if n not in inputs]
+        extra = [n for n in inputs if n not in declared]
+        if missing or extra:
+            raise BackendError(f"graph {graph!r} takes inputs {', '.join(declared)}; "
+                               f"missing: {', '.join(missing) or '-'}, unknown: {', '.join(extra) or '-'}")
+        for n, v in inputs.items():
+            check_shape(graph, n, v.shape() if isinstance(v, self.ort.OrtValue) else np.shape(v),
+                        declared[n]["shape"])
+        session = loaded.session
+        names = [o.name for o in session.get_outputs()]
+        try:
+            if not self.on_gpu:
+                feed = {n: self._host_input(graph, n, v, declared[n]["dtype"]) for n, v in inputs.items()}
+                return dict(zip(names, session.run(names, feed)))
+            binding = session.io_binding()
+            for n, v in inputs.items():
+                if self._on_device(v) and dtype_of_ort(v.data_type()) == np.dtype(declared[n]["dtype"]).name:
+                    binding.bind_ortvalue_input(n, v)  # no copy: last step's output is this step's input
+                else:
+                    binding.bind_cpu_input(n, self._host_input(graph, n, v, declared[n]["dtype"]))
+            for n in names:
+                binding.bind_output(n, "cuda", self.device_id)
+            # The CUDA EP synchronises its stream at the end of a run, so the outputs are complete here.
+            session.run_with_iobinding(binding)
+            return dict(zip(names, binding.get_outputs()))
+        except BackendError:
+            raise
+        except Exception as e:  # onnxruntime's InvalidArgument, Fail, ...: name the graph
+            raise BackendError(f"onnxruntime failed running graph {graph!r}: {e}") from None
+
+    def _on_device(self, x) -> bool:
+        return isinstance(x, self.ort.OrtValue) and x.device_name().lower() != "cpu"
+
+    def _host_input(self, graph: str, name: str, x, dtype: str) -> np.ndarray:
+        """x as a contiguous numpy array of the declared dtype (int -> int64 tokens, float64 -> float32)."""
+        if isinstance(x, self.ort.OrtValue):
+            x = x.numpy()
+        x, want = np.asarray(x), np.dtype(dtype)
+        if x.dtype != want and x.dtype.kind != want.kind and not (x.dtype.kind in "iu" and want.kind in "iu"):
+            raise BackendError(f"input {name!r} of graph {graph!r} is {x.dtype}, the graph takes {want}")
+        return np.ascontiguousarray(x, dtype=want)
+
+    def to_host(self, x) -> np.ndarray:
+        return x.numpy() if isinstance(x, self.ort.OrtValue) else np.asarray(x)
+
+    def to_device(self, x):
+        """numpy -> an OrtValue on the GPU (numpy on CPU); values this backend returned pass through."""
+        if isinstance(x, self.ort.OrtValue) or not self.on_gpu:
+            return x
+        return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x), "cuda", self.device_id)
+
+    def synchronize(self) -> None:
+        """Nothing to wait for: CPU runs are synchronous, and CUDA runs synchronise before returning."""
+
+
+# --- the IO a graph declares, and whether it is the manifest's -----------------------------------------
+ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+               10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16"}
+ORT_DTYPES = {"float": "float32", "double": "float64"}
+
+
+def dtype_of_ort(type_str: str) -> str:
+    """onnxruntime's 'tensor(float)' -> 'float32'."""
+    inner = type_str.removeprefix("tensor(").removesuffix(")")
+    return ORT_DTYPES.get(inner, inner)
+
+
+def check_shape(graph: str, name: str, shape, dims: list) -> None:
+    """BackendError unless shape fits the manifest's dims (ints fixed, strings dynamic)."""
+    if len(shape) != len(dims) or any(isinstance(d, int) and d != n for d, n in zip(dims, shape)):
+        raise BackendError(f"input {name!r} of graph {graph!r} has shape {list(shape)}; the bundle declares "
+                           f"{dims} (strings are dynamic axes)")
+
+
+def session_io(session) -> tuple[dict, dict]:
+    """name -> (dtype, shape) of a session's inputs and outputs; dims are int, str (symbolic) or None."""
+    def table(args):
+        return {a.name: (dtype_of_ort(a.type), list(a.shape) if a.shape is not None else None) for a in args}
+
+    return table(session.get_inputs()), table(session.get_outputs())
+
+
+def check_io(bundle: Bundle, graph: str, path: Path, inputs: dict, outputs: dict) -> None:
+    """BundleError unless the graph's inputs and outputs are the manifest's: names, dtypes, ranks, static dims.
+    A dim the manifest declares dynamic ("batch", "copies") must not be fixed in the graph."""
+    declared = bundle.io(graph)
+    problems = []
+    for kind, want, have in (("input", declared[0], inputs), ("output", declared[1], outputs)):
+        for name in want:
+            if name not in have:
+                problems.append(f"{kind} {name!r} is declared in the manifest but the graph has none "
+                                f"(graph {kind}s: {', '.join(have)})")
+        for name in have:
+            if name not in want:
+                problems.append(f"graph {kind} {name!r} is not declared in the manifest")
+        for name in [n for n in want if n in have]:
+            problems += [f"{kind} {name!r}: {p}" for p in tensor_problems(want[name], *have[name])]
+    if problems:
+        raise BundleError(f"bundle {bundle.folder}: graph {graph!r} ({path.name}) does not match the manifest: "
+                          f"{'; '.join(problems)}. The bundle is inconsistent: re-export it with `tr0n-rt export`")
+
+
+def tensor_problems(spec: dict, dtype: str, shape: list | None) -> list[str]:
+    problems = []
+    try:
+        want = np.dtype(spec["dtype"]).name
+    except (TypeError, KeyError):
+        return [f"manifest dtype {spec.get('dtype')!r} is not a numpy dtype name"]
+    if want != dtype:
+        problems.append(f"manifest says {want}, the graph has {dtype}")
+    dims = spec.get("shape")
+    if shape is None or not isinstance(dims, list):
+        return problems if isinstance(dims, list) else problems + [f"manifest shape {dims!r} is not a list"]
+    if len(dims) != len(shape):
+        return problems + [f"manifest says rank {len(dims)} {dims}, the graph has rank {len(shape)} {shape}"]
+    for axis, (w, h) in enumerate(zip(dims, shape)):
+        if isinstance(w, int) and isinstance(h, int) and w != h:
+            problems.append(f"axis {axis} is {h} in the graph, {w} in the manifest")
+        elif isinstance(w, str) and isinstance(h, int):
+            problems.append(f"axis {axis} is fixed to {h} in the graph, dynamic {w!r} in the manifest")
+    return problems
+
+
+def onnx_io(path: Path) -> tuple[dict, dict]:
+    """name -> (dtype, shape) of an ONNX file's graph inputs (initializers excluded) and outputs, read
+    from the protobuf without loading weights or needing the onnx package.
+    ModelProto.graph = 7; GraphProto.initializer = 5, input = 11, output = 12; TensorProto.name = 8."""
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            graph = [v for field, wire, v in fields(buf, 0, len(buf)) if field == 7 and wire == 2]
+            if not graph:
+                raise ValueError("no graph")
+            ios, init = {11: {}, 12: {}}, set()
+            for field, wire, v in fields(buf, *graph[-1]):
+                if field in ios and wire == 2:
+                    name, info = value_info(buf, *v)
+                    ios[field][name] = info
+                elif field == 5 and wire == 2:
+                    init.update(text(buf, t) for f_t, w_t, t in fields(buf, *v) if f_t == 8 and w_t == 2)
+    except (OSError, ValueError, IndexError, UnicodeDecodeError) as e:
+        raise BundleError(f"graph file {path} is not a readable ONNX model ({e}); re-export the bundle") from None
+    return {n: io for n, io in ios[11].items() if n not in init}, ios[12]
+
+
+def value_info(buf, start, end) -> tuple[str, tuple]:
+    """ValueInfoProto: name = 1, type = 2 -> TypeProto.tensor_type = 1 -> elem_type = 1, shape = 2 ->
+    TensorShapeProto.dim = 1 -> Dimension: dim_value = 1 | dim_param = 2."""
+    name, dtype, shape = "", None, None
+    for field, wire, v in fields(buf, start, end):
+        if field == 1 and wire == 2:
+            name = text(buf, v)
+        elif field == 2 and wire == 2:
+            for f_t, w_t, tensor in fields(buf, *v):
+                if f_t != 1 or w_t != 2:
+                    continue
+                for f_e, w_e, x in fields(buf, *tensor):
+                    if f_e == 1 and w_e == 0:
+                        dtype = ONNX_DTYPES.get(x, f"onnx type {x}")
+                    elif f_e == 2 and w_e == 2:
+                        shape = [dimension(buf, *d) for f_d, w_d, d in fields(buf, *x) if f_d == 1 and w_d == 2]
+    return name, (dtype, shape)
+
+
+def dimension(buf, start, end):
+    for field, wire, v in fields(buf, start, end):
+        if field == 1 and wire == 0:
+            return v
+        if field == 2 and wire == 2:
+            return text(buf, v)
+    return None
+
+
+def text(buf, span: tuple[int, int]) -> str:
+    return bytes(buf[span[0]:span[1]]).decode()
+
+
+def fields(buf, start: int, end: int):
+    """(field number, wire type, value) of one protobuf message in buf[start:end]; a length-delimited
+    value is its (start, end) span, so large weights are skipped, never read."""
+    out, i = [], start
+    while i < end:
+        key, i = varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = varint(buf, i)
+        elif wire == 2:
+            n, i = varint(buf, i)
+            value, i = (i, i + n), i + n
+        elif wire in (1, 5):
+            value, i = None, i + (8 if wire == 1 else 4)
+        else:
+            raise ValueError(f"protobuf wire type {wire} at byte {i}")
+        out.append((field, wire, value))
+    if i != end:
+        raise ValueError(f"message overruns its end at byte {end}")
+    return out
+
+
+def varint(buf, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
+@functools.cache
+def host_cpu() -> str:
+    """This machine's architecture and CPU feature flags (Linux), for cache keys."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()} {flags.strip()}"
