@@ -83,6 +83,12 @@ def export_bundle(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike | 
             print(f"  {spec.name}: {info['export_seconds']} s" + (
                 f", fp32 max rel err {info['fp32']['max_rel_err']:.1e}" if validate else ""), flush=True)
 
+    judge = None
+    if p.spec.get("judge") and (not graphs or "judge" in graphs):
+        from .judge_export import export_judge
+
+        name, judge = export_judge(pipeline_dir, out)
+        files[name] = file_entry(out / name)
     tokenizer = p.spec.get("tokenizer")
     manifest = {
         "format": FORMAT, "schema_version": SCHEMA_VERSION, "name": p.name,
@@ -94,6 +100,7 @@ def export_bundle(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike | 
         "augment": {**asdict(p.augment), "policy": list(p.augment.policy)},
         "sampling": p.sampling.to_dict(),
         "graphs": entries,
+        "judge": judge,
         "files": files,
         "export": {"exporter": "make_fx (symbolic, autograd traced) + torch.onnx.export(dynamo=True)",
                    "opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__,

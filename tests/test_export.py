@@ -139,3 +139,17 @@ def test_strict_fp16_validation_agrees_with_the_report(text_bundle, tiny_text_pi
     else:
         with pytest.raises(ValidationError, match="outside the FP16 tolerance"):
             validate_fp16(p, spec, text_bundle / "step.fp16.onnx", text_bundle / "step.onnx", strict=True)
+
+
+def test_polygraphy_runs_every_graph_with_onnxruntime(text_bundle):
+    """`polygraphy run <graph>.onnx --onnxrt` on each graph (polygraphy draws its own inputs)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    polygraphy = Path(sys.executable).parent / "polygraphy"
+    for f in sorted(text_bundle.glob("*.onnx")):
+        cmd = [str(polygraphy), "run", str(f), "--onnxrt", "--val-range", "tokens:[1,9]", "[0.0,1.0]"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (f.name, done.stdout[-2000:], done.stderr[-2000:])
+        assert "PASSED" in done.stdout + done.stderr, f.name

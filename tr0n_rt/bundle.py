@@ -13,6 +13,7 @@ A bundle is a folder with `manifest.json` and the files it lists:
     sampling        default SamplingConfig fields
     graphs          {name: {"files": {"fp32": file, "fp16": file?}, "inputs": {tensor: {"dtype", "shape"}},
                             "outputs": {...}}}              shapes use "batch"/"copies" for dynamic axes
+    judge           the world's independent judge as judge.onnx + its prompt rule | null (tr0n_rt/judge.py)
     files           {file: {"sha256": hex, "bytes": n}}     every file the bundle needs, checked on load
     export          exporter, opset, library versions, validation figures (informational)
 

@@ -18,7 +18,11 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pipeline")
     g.add_argument("--world", default=None, help="embedded world to use: shapes (text, default) or digits (classes)")
     g.add_argument("--pipeline", type=Path, default=None, help="pipeline folder (with pipeline.json) instead of a world")
-    g.add_argument("--backend", default="torch", help="engine that runs the graphs (default: torch)")
+    g.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"],
+                   help="engine that runs the graphs; auto: onnxruntime when the folder holds a bundle "
+                        "(manifest.json) and onnxruntime is installed, else torch (default: auto)")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
+                   help="which bundle graphs the onnxruntime backend runs (default: fp32)")
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
 
@@ -60,22 +64,38 @@ def open_sampler(args):
     from .sampler import Sampler
 
     folder = resolve_pipeline(args)
-    backend = open_backend(args.backend, folder, device=args.device)
+    backend = open_backend(choose_backend(args.backend, folder), folder, device=args.device, precision=args.precision)
     return folder, Sampler(backend, sampling_config(args, backend.info.sampling))
 
 
+def choose_backend(name: str, folder: Path) -> str:
+    if name != "auto":
+        return name
+    import importlib.util
+
+    if (folder / "manifest.json").is_file() and importlib.util.find_spec("onnxruntime") is not None:
+        return "onnxruntime"
+    return "torch"
+
+
 def load_judge(folder: Path):
-    """The pipeline's judge when it has one and torch is installed, else None."""
-    if not (folder / "pipeline.json").is_file():  # a bare bundle: no torch models beside it
-        return None
-    spec = json.loads((folder / "pipeline.json").read_text()).get("judge")
-    if not spec:
-        return None
-    try:
-        from .export.worlds import judge_from_spec
-    except ImportError:
-        return None
-    return judge_from_spec(spec, folder)
+    """The world's judge: the torch one when torch and pipeline.json are there, else the bundle's
+    judge.onnx (tr0n_rt/judge.py, no torch); None when the folder has neither."""
+    spec = None
+    if (folder / "pipeline.json").is_file():
+        spec = json.loads((folder / "pipeline.json").read_text()).get("judge")
+    if spec:
+        try:
+            from .export.worlds import judge_from_spec
+
+            return judge_from_spec(spec, folder)
+        except ImportError:
+            pass
+    if (folder / "manifest.json").is_file():
+        from .judge import RuntimeJudge
+
+        return RuntimeJudge.from_bundle(folder)
+    return None
 
 
 def run_queries(sampler, queries: list[str], samples: int, seed: int, batch: int):
@@ -87,12 +107,18 @@ def run_queries(sampler, queries: list[str], samples: int, seed: int, batch: int
         yield part, sampler.sample(conditions[start:start + batch], [s for _, _, s in part])
 
 
+def judge_verdicts(judge, images: np.ndarray, queries: list[str]) -> list[dict]:
+    if type(judge).__module__.startswith("tr0n_rt.export"):  # the torch judges take tensors
+        import torch
+
+        images = torch.from_numpy(images)
+    return judge.verdicts(images, queries)
+
+
 def judge_batch(judge, out, part):
     if judge is None:
         return [None] * len(part)
-    import torch
-
-    return judge.verdicts(torch.from_numpy(out.images), [q for q, _, _ in part])
+    return judge_verdicts(judge, out.images, [q for q, _, _ in part])
 
 
 def cmd_sample(args) -> int:
@@ -121,7 +147,7 @@ def cmd_sample(args) -> int:
         rec["file"] = str(out_dir / f"{n:03d}.png")
         save_png(rec["file"], img, scale=1)
     write_bytes(out_dir / "grid.png", png_bytes(grid(np.stack(images), captions, columns=min(len(images), 8))))
-    summary = {"pipeline": str(folder), "backend": args.backend, "grid": str(out_dir / "grid.png"), "images": records}
+    summary = {"pipeline": str(folder), "backend": sampler.backend.name, "precision": args.precision, "grid": str(out_dir / "grid.png"), "images": records}
     write_json(args.json or out_dir / "samples.json", summary)
     for rec in records:
         verdict = rec["judge"]
@@ -137,7 +163,7 @@ def cmd_eval(args) -> int:
     folder, sampler = open_sampler(args)
     judge = load_judge(folder)
     if judge is None:
-        raise Tr0nError(f"{folder} has no judge (or torch is not installed): eval needs a world's judge")
+        raise Tr0nError(f"{folder} has no judge: eval needs a world's pipeline or a bundle exported with its judge")
     prompts_file = args.prompts or folder / "prompts.txt"
     if not Path(prompts_file).is_file():
         raise Tr0nError(f"prompt file {prompts_file} does not exist: give --prompts FILE, one prompt per line")
@@ -162,13 +188,20 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def build_time(module: str, what: str):
+    """Imports a tr0n_rt.export module, or says which extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"tr0n_rt.export.{module}")
+    except ImportError as e:
+        raise Tr0nError(f"{what} needs the export extra ({e}): pip install 'tr0n-rt[export]'") from None
+
+
 def cmd_train(args) -> int:
     from .paths import engines_dir
 
-    try:
-        from .export.worlds.build import build_world
-    except ImportError as e:
-        raise Tr0nError(f"training needs the export extra ({e}): pip install 'tr0n-rt[export]'") from None
+    build_world = build_time("worlds.build", "training").build_world
     out = args.out or engines_dir() / args.world
     tick = time.perf_counter()
     times = build_world(args.world, out, seed=args.seed, work_dir=args.work, threads=args.threads)
@@ -180,10 +213,7 @@ def cmd_train(args) -> int:
 def cmd_export(args) -> int:
     from .paths import DEFAULT_WORLD, world_dir
 
-    try:
-        from .export.bundle_export import export_bundle
-    except ImportError as e:
-        raise Tr0nError(f"export needs the export extra ({e}): pip install 'tr0n-rt[export]'") from None
+    export_bundle = build_time("bundle_export", "export").export_bundle
     source = args.pipeline if args.pipeline is not None else world_dir(args.world or DEFAULT_WORLD)
     tick = time.perf_counter()
     out = export_bundle(source, args.out, fp16=not args.no_fp16, validate=not args.no_validate, progress=True,

@@ -1,6 +1,15 @@
-"""The torch backend: the reference execution of every graph, eager (CUDA graphs come later).
+"""The torch backend: the reference execution of every graph; on CUDA the Langevin step is captured
+in a CUDA graph per shape and replayed (`cuda_graphs=True`, the default; eager on the CPU).
 
 Imports torch and tr0n_rt.export lazily, so the runtime core stays importable without them.
+
+The captured step (TorchStepGraphs), per (batch, copies, components): static tensors for every step
+input; a warm-up on a side stream; then one capture of langevin_step (forward, autograd backward and
+update) that ends by copying the new state into the static state inputs, so each replay advances the
+state in place. A call copies its noise, condition and hyperparameters into the static inputs, and its
+state too unless it passes back the state the previous replay returned (the static tensors themselves);
+then replays. The returned state tensors are those static inputs: they are overwritten by the next
+step of the same shape (the sampler only ever passes the latest state on). Energy is returned as a copy.
 """
 from __future__ import annotations
 
@@ -13,7 +22,7 @@ from .base import STATE_NAMES, Backend, PipelineInfo
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, pipeline, device: str = "cpu"):
+    def __init__(self, pipeline, device: str = "cpu", cuda_graphs: bool = True):
         import torch
 
         self.torch = torch
@@ -30,9 +39,10 @@ class TorchBackend(Backend):
             image_size=p.generator.image_size, channels=p.generator.channels, latent_bounds=self.bound,
             tokenizer=p.spec.get("tokenizer"), classes=p.classes, sampling=p.sampling,
         )
+        self.step_graphs = TorchStepGraphs(self) if cuda_graphs and self.device.type == "cuda" else None
 
     @classmethod
-    def open(cls, folder, device: str = "cpu") -> "TorchBackend":
+    def open(cls, folder, device: str = "cpu", cuda_graphs: bool = True) -> "TorchBackend":
         try:
             import torch  # noqa: F401
 
@@ -42,7 +52,7 @@ class TorchBackend(Backend):
                 f"the torch backend needs torch and the export extra ({e}); install with "
                 "`pip install 'tr0n-rt[export]'`"
             ) from None
-        return cls(TorchPipeline.load(folder), device=device)
+        return cls(TorchPipeline.load(folder), device=device, cuda_graphs=cuda_graphs)
 
     def to_device(self, x):
         if isinstance(x, self.torch.Tensor):
@@ -74,8 +84,66 @@ class TorchBackend(Backend):
             if graph == "energy":
                 return {"energy": self.energy(t["latent"], t["condition"], t["aug_noise"])}
             if graph == "step":
+                if self.step_graphs is not None:
+                    return self.step_graphs.run(t)
                 state = {n: t[n] for n in STATE_NAMES}
                 new, e = langevin_step(self.energy, state, t["condition"], t["aug_noise"], t["sgld_noise"],
                                        t["hparams"], bound=self.bound)
                 return {**{f"{n}_next": new[n] for n in STATE_NAMES}, "energy": e}
         raise BackendError(f"the torch backend has no graph {graph!r}")
+
+    @property
+    def graph_stats(self) -> dict:
+        """Captures and replays per step shape (empty when the step runs eagerly)."""
+        return self.step_graphs.stats.as_dict() if self.step_graphs is not None else {}
+
+
+STEP_INPUTS = STATE_NAMES + ("condition", "aug_noise", "sgld_noise", "hparams")
+
+
+class TorchStepGraphs:
+    """langevin_step captured once per (batch, copies, components) and replayed, state updated in place."""
+
+    def __init__(self, backend: TorchBackend):
+        from .cuda import GraphStats, TorchCuda
+
+        self.backend = backend
+        self.device = TorchCuda(str(backend.device))
+        self.entries: dict = {}  # key -> (graph, static inputs, static energy)
+        self.stats = GraphStats()
+
+    def capture(self, key, like: dict):
+        """Static inputs shaped like `like`, a warm-up on a side stream, one capture."""
+        from ..export.step import langevin_step
+
+        torch, be = self.backend.torch, self.backend
+        static = {n: torch.zeros_like(like[n]) for n in STEP_INPUTS}
+        energy = torch.zeros(like["means"].shape[0], dtype=like["means"].dtype, device=be.device)
+
+        def step():
+            new, e = langevin_step(be.energy, {n: static[n] for n in STATE_NAMES}, static["condition"],
+                                   static["aug_noise"], static["sgld_noise"], static["hparams"], bound=be.bound)
+            for n in STATE_NAMES:
+                static[n].copy_(new[n])
+            energy.copy_(e)
+
+        graph = self.device.capture(step, warmup=2)  # the warm-up runs the step on zeros: finite or not, harmless
+        self.stats.captures[key] = 1
+        self.entries[key] = (graph, static, energy)
+        return self.entries[key]
+
+    def run(self, t: dict) -> dict:
+        """t: every step input as a tensor on the backend's device -> outputs; state outputs are the static
+        state tensors (see the module docstring)."""
+        key = (int(t["means"].shape[0]), int(t["aug_noise"].shape[1]), int(t["means"].shape[1]))
+        graph, static, energy = self.entries.get(key) or self.capture(key, t)
+        copied = False
+        for n in STEP_INPUTS:
+            x = t[n]
+            if x.data_ptr() != static[n].data_ptr() or x.shape != static[n].shape:
+                static[n].copy_(x)
+                copied |= n in STATE_NAMES
+        self.stats.copies_in += copied
+        graph.replay()
+        self.stats.replays[key] = self.stats.replays.get(key, 0) + 1
+        return {**{f"{n}_next": static[n] for n in STATE_NAMES}, "energy": energy.clone()}

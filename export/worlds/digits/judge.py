@@ -81,6 +81,14 @@ class DigitsJudge:
         load_weights(net, Path(folder) / spec["weights"])
         return cls(net)
 
+    def runtime_spec(self) -> dict:
+        """What the torch-free judge (tr0n_rt/judge.py) needs besides judge.onnx: the class names in output
+        order, the input size, and how a query names a class, exactly as parse_class reads it: lower-cased
+        and stripped, `prefix` removed, then a one-character decimal digit or a word of `names`."""
+        return {"heads": {"class": self.classes[:self.net.num_classes]},
+                "input": {"channels": self.net.channels, "size": self.net.image_size},
+                "rule": {"kind": "class", "prefix": _PREFIX.pattern, "names": {n: i for i, n in enumerate(NAMES)}}}
+
     @torch.no_grad()
     def probabilities(self, images) -> torch.Tensor:
         """images [N, C, S, S] in [-1, 1] (torch or numpy) -> [N, num_classes]."""

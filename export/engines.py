@@ -1,0 +1,205 @@
+"""`tr0n-rt build`: a bundle's ONNX graphs -> TensorRT engines (`<graph>.<precision>.plan`), stamped into
+the manifest. Needs TensorRT and polygraphy; imports TensorRT lazily and never imports torch.
+
+Networks are parsed strongly typed: every layer runs in the type the graph gives it, so the FP16 graphs
+(FP16 compute, float32 islands and float32 IO, export/fp16.py) build the same way on TensorRT 10 (JetPack
+6) and 11, which has no FP16 builder flag. TF32 stays off, so float32 islands are true float32.
+
+Profiles are static (min = opt = max), one per batch size x copies x components: a static shape is what
+a CUDA graph replays, and static engines pick the fastest kernels for exactly that shape. The manifest
+gains a top-level `engines` section:
+    engines   {graph: {precision: stamp}}
+    stamp     file, sha256, bytes, precision, tensorrt (version), gpu (name), compute_capability (sm_XY),
+              hardware_compatible, version_compatible, profiles [{batch, copies?, components?, shapes}],
+              builder (settings), source {file, sha256} (the ONNX graph it was built from), built (UTC)
+              or, for a build that failed: {failed: message, precision, tensorrt, gpu, compute_capability}
+and every plan file is listed in `files` (sha256, bytes), so load_bundle checks it like any graph.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+
+from tr0n_rt.atomic import write_bytes, write_json
+from tr0n_rt.backends.tensorrt import (  # noqa: F401  (check_engine_compatible: re-exported for the build side)
+    AXES, check_engine_compatible, concrete_shape, import_tensorrt, sm_name,
+)
+from tr0n_rt.bundle import PRECISIONS, file_entry, load_bundle
+from tr0n_rt.errors import BackendError, BundleError, ConfigError
+
+DEFAULT_BATCH_SIZES = (1, 8, 32)
+MAX_PROFILES = 64  # TensorRT's builder takes many, but each one is built and timed: keep builds bounded
+
+
+def _values(name: str, value) -> list[int]:
+    values = [value] if isinstance(value, int) else list(value)
+    if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
+        raise ConfigError(f"{name} must be positive integers, got {value!r}")
+    return sorted(set(values))
+
+
+def plan_profiles(manifest: dict, graph: str, batch_sizes=DEFAULT_BATCH_SIZES, copies=None,
+                  components=None) -> list[dict]:
+    """Static optimisation profiles of one graph: one per combination of the axes its inputs use.
+
+    copies: int or ints (default: the bundle's sampling copies, at least 1; 0 copies run as 1).
+    components: int or ints (default: 1 and the mixture's K: sample mode and prior init use K = 1).
+    Returns [{"batch": b, "copies": a (if used), "components": k (if used), "shapes": {input: dims}}]."""
+    if graph not in manifest.get("graphs", {}):
+        raise BundleError(f"the bundle has no {graph!r} graph (it has: {', '.join(manifest.get('graphs', {}))})")
+    inputs = manifest["graphs"][graph]["inputs"]
+    used = {d for spec in inputs.values() for d in spec["shape"] if isinstance(d, str)}
+    unknown = used - set(AXES)
+    if unknown:
+        raise BundleError(f"graph {graph!r} has dynamic axes {sorted(unknown)} that engines cannot profile "
+                          f"(known: {', '.join(AXES)}); re-export the bundle")
+    choices = {
+        "batch": _values("batch sizes", batch_sizes),
+        "copies": _values("copies", copies if copies is not None else max(1, manifest["sampling"].get("copies", 1))),
+        "components": _values("components", components if components is not None
+                              else {1, manifest["mixture"]["components"]}),
+    }
+    axes = [a for a in AXES if a in used]
+    profiles = []
+    for combo in itertools.product(*(choices[a] for a in axes)):
+        sizes = dict(zip(axes, combo))
+        profiles.append({**sizes, "shapes": {n: concrete_shape(s["shape"], sizes) for n, s in inputs.items()}})
+    if len(profiles) > MAX_PROFILES:
+        raise ConfigError(f"graph {graph!r} would get {len(profiles)} profiles (> {MAX_PROFILES}); "
+                          "ask for fewer batch sizes, copies or components")
+    return profiles
+
+
+def builder_settings(precision: str = "fp16", opt_level: int = 3, workspace_mib: int | None = None,
+                     timing_cache: str | os.PathLike | None = None, hardware_compatible: bool = False,
+                     version_compatible: bool = False) -> dict:
+    """The builder settings, checked, as recorded in every stamp."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
+    if not isinstance(opt_level, int) or not 0 <= opt_level <= 5:
+        raise ConfigError(f"builder optimisation level must be 0..5 (TensorRT's default is 3), got {opt_level!r}")
+    if workspace_mib is not None and (not isinstance(workspace_mib, int) or workspace_mib < 1):
+        raise ConfigError(f"workspace must be a positive number of MiB, got {workspace_mib!r}")
+    return {"precision": precision, "strongly_typed": True, "tf32": False, "opt_level": opt_level,
+            "workspace_mib": workspace_mib, "timing_cache": str(timing_cache) if timing_cache else None,
+            "hardware_compatible": bool(hardware_compatible), "version_compatible": bool(version_compatible)}
+
+
+def polygraphy_config(trt, profiles: list[dict], settings: dict):
+    """A polygraphy CreateConfig for these profiles and settings (no precision flag: strongly typed)."""
+    from polygraphy.backend.trt import CreateConfig, Profile
+
+    trt_profiles = []
+    for p in profiles:
+        profile = Profile()
+        for name, shape in p["shapes"].items():
+            profile.add(name, min=shape, opt=shape, max=shape)
+        trt_profiles.append(profile)
+    kwargs = {"profiles": trt_profiles, "builder_optimization_level": settings["opt_level"], "tf32": False}
+    if settings["workspace_mib"]:
+        kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: settings["workspace_mib"] << 20}
+    if settings["timing_cache"] and Path(settings["timing_cache"]).is_file():
+        kwargs["load_timing_cache"] = settings["timing_cache"]
+    if settings["hardware_compatible"]:
+        kwargs["hardware_compatibility_level"] = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    if settings["version_compatible"]:
+        kwargs["version_compatible"] = True
+    return CreateConfig(**kwargs)
+
+
+def stamp_record(plan: Path, profiles: list[dict], settings: dict, trt_version: str, gpu_name: str,
+                 compute_capability, source_file: str, source_sha256: str) -> dict:
+    """What the runtime checks before it deserialises a plan (tr0n_rt.backends.tensorrt)."""
+    return {"file": plan.name, **file_entry(plan), "precision": settings["precision"], "tensorrt": trt_version,
+            "gpu": gpu_name, "compute_capability": sm_name(compute_capability),
+            "hardware_compatible": settings["hardware_compatible"],
+            "version_compatible": settings["version_compatible"], "profiles": profiles, "builder": settings,
+            "source": {"file": source_file, "sha256": source_sha256},
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def failure_record(message: str, precision: str, trt_version: str, gpu_name: str, compute_capability) -> dict:
+    return {"failed": message, "precision": precision, "tensorrt": trt_version, "gpu": gpu_name,
+            "compute_capability": sm_name(compute_capability)}
+
+
+def update_manifest(bundle_dir: str | os.PathLike, stamps: dict) -> dict:
+    """Merges {graph: {precision: stamp}} into manifest.json's `engines` and lists (or, for failed builds,
+    unlists) the plan files in `files`; rewrites the manifest atomically. Returns the new manifest."""
+    path = Path(bundle_dir) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise BundleError(f"cannot read {path} ({e}); export the bundle first with `tr0n-rt export`") from None
+    engines = manifest.setdefault("engines", {})
+    for graph, by_precision in stamps.items():
+        if graph not in manifest.get("graphs", {}):
+            raise BundleError(f"{path} has no {graph!r} graph to stamp an engine for")
+        for precision, stamp in by_precision.items():
+            engines.setdefault(graph, {})[precision] = stamp
+            plan = f"{graph}.{precision}.plan"
+            if "failed" in stamp:
+                manifest["files"].pop(plan, None)
+            else:
+                manifest["files"][stamp["file"]] = {"sha256": stamp["sha256"], "bytes": stamp["bytes"]}
+    write_json(path, manifest)
+    return manifest
+
+
+def build_engines(bundle_dir, batch_sizes=DEFAULT_BATCH_SIZES, copies=None, components=None, precision: str = "fp16",
+                  opt_level: int = 3, workspace_mib: int | None = None, timing_cache=None,
+                  hardware_compatible: bool = False, version_compatible: bool = False, graphs=None,
+                  keep_going: bool = False, progress: bool = False) -> dict:
+    """Builds one engine per graph of the bundle (or of `graphs`) from its `precision` ONNX graphs.
+
+    Plans are written atomically beside the graphs, then stamped into the manifest. Jetson: pass
+    workspace_mib (e.g. 1024) or the builder may be killed for memory. timing_cache: a file that is
+    read if it exists and updated after each build (reused across graphs and rebuilds). keep_going:
+    record a graph whose build fails (e.g. an op TensorRT cannot take in the step's gradient) and go on;
+    the runtime then runs that graph another way (see choose_step_path). Returns {"engines": stamps,
+    "failed": {graph: message}, "seconds": {graph: s}}."""
+    settings = builder_settings(precision, opt_level, workspace_mib, timing_cache, hardware_compatible,
+                                version_compatible)
+    trt = import_tensorrt()
+    from polygraphy.backend.trt import engine_bytes_from_network, network_from_onnx_path
+
+    from tr0n_rt.backends.cuda import current_gpu
+
+    bundle = load_bundle(bundle_dir)
+    folder = bundle.folder
+    names = list(graphs) if graphs else list(bundle.manifest["graphs"])
+    for g in names:
+        if not bundle.has(g):
+            raise BundleError(f"bundle {folder} has no {g!r} graph (it has: {', '.join(bundle.manifest['graphs'])})")
+    gpu_name, cc = current_gpu()
+    stamps, failed, seconds = {}, {}, {}
+    for graph in names:
+        tick = time.perf_counter()
+        source = bundle.graph_file(graph, precision)
+        profiles = plan_profiles(bundle.manifest, graph, batch_sizes, copies, components)
+        plan = folder / f"{graph}.{precision}.plan"
+        try:
+            network = network_from_onnx_path(str(source), strongly_typed=True)
+            data = engine_bytes_from_network(network, config=polygraphy_config(trt, profiles, settings),
+                                             save_timing_cache=settings["timing_cache"])
+            write_bytes(plan, bytes(data))
+        except Exception as e:  # polygraphy raises PolygraphyException; TensorRT its own errors
+            message = f"{type(e).__name__}: {e}".strip()[:500]
+            if not keep_going:
+                raise BackendError(f"TensorRT {trt.__version__} could not build the {graph} engine from {source.name}: "
+                                   f"{message}") from None
+            failed[graph] = message
+            stamps[graph] = {precision: failure_record(message, precision, trt.__version__, gpu_name, cc)}
+            continue
+        seconds[graph] = round(time.perf_counter() - tick, 1)
+        stamp = stamp_record(plan, profiles, settings, trt.__version__, gpu_name, cc, source.name,
+                             bundle.manifest["files"][source.name]["sha256"])
+        stamps[graph] = {precision: stamp}
+        if progress:
+            print(f"  {graph}: {plan.name}, {len(profiles)} profile(s), {stamp['bytes'] / 2**20:.1f} MiB, "
+                  f"{seconds[graph]} s", flush=True)
+    update_manifest(folder, stamps)
+    return {"engines": stamps, "failed": failed, "seconds": seconds}

@@ -1,0 +1,108 @@
+"""The judge of the shapes world: a small CNN that names an image's shape, colour and background.
+
+It is trained on procedural images (data.py) apart from the CLIP and never enters the energy, so it
+can check samples without being the thing they were optimised against.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...checkpoints import load_weights
+from tr0n_rt.errors import ConfigError, ShapeError
+from . import data
+
+HEADS = {"shape": data.SHAPES, "colour": data.COLOUR_NAMES, "background": data.BACKGROUND_NAMES}
+
+
+class JudgeNet(nn.Module):
+    """images [N, 3, 32, 32] in [-1, 1] -> {"shape": [N, 5], "colour": [N, 6], "background": [N, 3]} logits.
+
+    Four 3x3 conv blocks (32 -> 16 -> 8 -> 4 px), global average pool, one linear layer per head.
+    """
+
+    def __init__(self, width: int = 32, image_size: int = 32):
+        super().__init__()
+        self.width, self.image_size = int(width), int(image_size)
+        w = self.width
+        chans = [3, w, 2 * w, 4 * w, 4 * w]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            stride = 1 if i == 0 else 2
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride, 1, bias=False), nn.BatchNorm2d(chans[i + 1]),
+                       nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.heads = nn.ModuleDict({k: nn.Linear(4 * w, len(v)) for k, v in HEADS.items()})
+
+    def config(self) -> dict:
+        return {"width": self.width, "image_size": self.image_size}
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.features(images)
+        return {k: head(h) for k, head in self.heads.items()}
+
+
+class ShapesJudge:
+    """Checks generated images against their prompts.
+
+        judge = ShapesJudge.load(spec["judge"], Path("engines/shapes"))
+        judge.verdicts(images, ["a red star", ...])  # -> [{"shape": "star", ..., "correct": True}, ...]
+    """
+
+    family = "shapes_judge"
+
+    def __init__(self, net: JudgeNet):
+        self.net = net.eval()
+
+    @classmethod
+    def load(cls, spec: dict, folder: Path) -> "ShapesJudge":
+        """spec: {"family": "shapes_judge", "config": {...}, "weights": "judge.safetensors"}."""
+        if spec.get("family") != cls.family:
+            raise ConfigError(f"judge family {spec.get('family')!r} is not {cls.family!r}")
+        net = JudgeNet(**spec.get("config", {}))
+        load_weights(net, Path(folder) / spec["weights"])
+        return cls(net)
+
+    def runtime_spec(self) -> dict:
+        """What the torch-free judge (tr0n_rt/judge.py) needs besides judge.onnx: the heads' value names in
+        output order, the input size, and how a prompt names values, exactly as data.parse_prompt reads it:
+        lower-cased, split into `pattern` words, `aliases` replaced, the first word naming a value of a head
+        wins; a prompt is judged only if it names a value of a `needs_any` head."""
+        return {"heads": {k: list(v) for k, v in HEADS.items()},
+                "input": {"channels": 3, "size": self.net.image_size},
+                "rule": {"kind": "words", "pattern": "[a-z]+", "aliases": {"grey": "gray"},
+                         "needs_any": ["shape", "colour"]}}
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> dict[str, tuple[list[str], torch.Tensor]]:
+        """images [N, 3, S, S] in [-1, 1] -> {head: (predicted names, confidences [N])}."""
+        s = self.net.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, s, s):
+            raise ShapeError(f"judge takes images [N, 3, {s}, {s}] in [-1, 1], got {tuple(images.shape)}")
+        logits = self.net(images.float())
+        out = {}
+        for k, names in HEADS.items():
+            conf, idx = logits[k].softmax(-1).max(-1)
+            out[k] = ([names[i] for i in idx.tolist()], conf)
+        return out
+
+    def verdicts(self, images: torch.Tensor, prompts: list[str]) -> list[dict]:
+        """One dict per image: predicted shape/colour/background, their confidences, what the prompt
+        names ("wanted"), and "correct": every named attribute right (a prompt naming neither a shape
+        nor a colour is never correct)."""
+        if len(prompts) != images.shape[0]:
+            raise ShapeError(f"{images.shape[0]} images but {len(prompts)} prompts: give one prompt per image")
+        pred = self.predict(images)
+        out = []
+        for i, prompt in enumerate(prompts):
+            wanted = data.parse_prompt(prompt)
+            v = {k: pred[k][0][i] for k in HEADS}
+            v.update({f"{k}_confidence": float(pred[k][1][i]) for k in HEADS})
+            v["wanted"] = wanted
+            named = {k: w for k, w in wanted.items() if w is not None}
+            v["correct"] = (wanted["shape"] is not None or wanted["colour"] is not None) and all(
+                v[k] == w for k, w in named.items())
+            out.append(v)
+        return out

@@ -1,0 +1,191 @@
+"""A world's judge without torch: judge.onnx on onnxruntime, and the verdict rule from the manifest.
+
+It gives the same verdicts as the world's torch judge (export/worlds/*/judge.py: same keys, same
+`correct`), so `tr0n-rt sample` and `tr0n-rt eval` on a bundle judge their images on the runtime
+install. The manifest's "judge" entry (written by export/judge_export.py) is:
+
+    file     "judge.onnx", also listed in the manifest's "files" (sha256 checked before loading)
+    family   the world judge it was exported from ("shapes_judge", "digits_judge")
+    heads    {head: [value names]}           judge.onnx output `head` is probabilities [batch, n_values]
+    input    {"channels": C, "size": S}      judge.onnx input "images" is [batch, C, S, S] float32 in [-1, 1]
+    rule     how a query names head values; its "kind" picks the verdict layout:
+             "words" (prompts, shapes world): {"pattern": regex, "aliases": {word: word}, "needs_any": [head]}
+                 the prompt is lower-cased and split into `pattern` words, each replaced by its alias;
+                 the first word that is a value of a head names that head. A verdict is correct when the
+                 prompt names a `needs_any` head and every named head is predicted as named.
+             "class" (class names, digits world): {"prefix": regex, "names": {word: index}}
+                 the query is stripped and lower-cased and `prefix` removed; the rest must be one decimal
+                 digit or a word of `names`. The single head's prediction must be that class.
+    validation  {"max_rel_err", "tolerance"}  ONNX against torch at export (informational)
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import load_bundle, verify_files
+from .errors import BundleError, PromptError, ShapeError
+
+INPUT = "images"
+CHUNK = 256  # images per judge run
+
+
+class RuntimeJudge:
+    """Checks generated images against their queries, on onnxruntime.
+
+        judge = RuntimeJudge.from_bundle("engines/digits")   # None if the bundle has no judge
+        judge.verdicts(images, ["3", "digit seven"])          # images: float32 [N, C, S, S] in [-1, 1]
+    """
+
+    def __init__(self, session, entry: dict):
+        self.session, self.entry = session, entry
+        self.heads: dict[str, list[str]] = entry["heads"]
+        self.channels, self.size = entry["input"]["channels"], entry["input"]["size"]
+        self.rule = entry["rule"]
+
+    @classmethod
+    def from_bundle(cls, bundle_dir, backend_providers=None) -> "RuntimeJudge | None":
+        """The bundle's judge, or None when its manifest has no "judge" entry."""
+        bundle = load_bundle(bundle_dir, verify=False)  # the backend checks the graphs; judge.onnx is checked here
+        return cls.from_manifest(bundle.folder, bundle.manifest, backend_providers)
+
+    @classmethod
+    def from_manifest(cls, folder, manifest: dict, backend_providers=None) -> "RuntimeJudge | None":
+        """The judge of a manifest dict whose files lie in folder; None without a "judge" entry.
+        backend_providers: onnxruntime provider names (default: CPU)."""
+        from .backends.onnxruntime import import_onnxruntime, resolve_providers, session_io
+
+        entry = manifest.get("judge")
+        if entry is None:
+            return None
+        folder = Path(folder)
+        check_entry(entry, folder)
+        name = entry["file"]
+        listed = manifest.get("files", {})
+        if name not in listed:
+            raise BundleError(f"{folder}: judge file {name} is not listed in the manifest's 'files', so it "
+                              "cannot be verified; re-export the bundle")
+        verify_files(folder, {name: listed[name]})
+        ort = import_onnxruntime()
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(folder / name), sess_options=so,
+                                           providers=resolve_providers(ort, backend_providers or ["cpu"]))
+        except Exception as e:  # onnxruntime's own exception types share no base
+            raise BundleError(f"onnxruntime {ort.__version__} cannot load {folder / name}: {e}; "
+                              "re-export the bundle") from None
+        inputs, outputs = session_io(session)
+        want_in = {INPUT: [entry["input"]["channels"], entry["input"]["size"], entry["input"]["size"]]}
+        have_in = {n: shape[1:] if shape else shape for n, (_, shape) in inputs.items()}
+        have_out = {n: shape[1:] if shape else shape for n, (_, shape) in outputs.items()}
+        want_out = {h: [len(v)] for h, v in entry["heads"].items()}
+        if have_in != want_in or have_out != want_out:
+            raise BundleError(f"{folder / name} takes {have_in} and gives {have_out} (batch axis left out); the "
+                              f"manifest's judge entry says {want_in} -> {want_out}: re-export the bundle")
+        return cls(session, entry)
+
+    def probabilities(self, images) -> dict[str, np.ndarray]:
+        """images [N, C, S, S] in [-1, 1] -> {head: probabilities [N, n_values]}."""
+        x = np.asarray(images, dtype=np.float32)
+        c, s = self.channels, self.size
+        if x.ndim != 4 or x.shape[1:] != (c, s, s):
+            raise ShapeError(f"judge takes images [N, {c}, {s}, {s}] in [-1, 1], got {tuple(x.shape)}")
+        names = list(self.heads)
+        parts = [self.session.run(names, {INPUT: np.ascontiguousarray(x[i:i + CHUNK])})
+                 for i in range(0, len(x), CHUNK)]
+        return {h: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0, len(self.heads[h])), np.float32)
+                for k, h in enumerate(names)}
+
+    def verdicts(self, images, queries: list) -> list[dict]:
+        """One dict per image, with the keys and the `correct` of the world's torch judge."""
+        if len(queries) != len(images):
+            raise ShapeError(f"got {len(images)} images but {len(queries)} queries: pass one query per image")
+        if self.rule["kind"] == "class":
+            return self._class_verdicts(images, queries)
+        return self._word_verdicts(images, queries)
+
+    # --- "words": every head a prompt names must be predicted as named (shapes world) ----------------
+    def parse_prompt(self, prompt: str) -> dict[str, str | None]:
+        """The head values a prompt names ({head: value | None}), as the world's parse_prompt reads it."""
+        aliases = self.rule.get("aliases", {})
+        out: dict[str, str | None] = {h: None for h in self.heads}
+        for w in re.findall(self.rule["pattern"], prompt.lower()):
+            w = aliases.get(w, w)
+            for h, values in self.heads.items():
+                if out[h] is None and w in values:
+                    out[h] = w
+        return out
+
+    def _word_verdicts(self, images, prompts: list[str]) -> list[dict]:
+        probs = self.probabilities(images)
+        best = {h: (p.argmax(-1), p.max(-1)) for h, p in probs.items()}
+        out = []
+        for i, prompt in enumerate(prompts):
+            wanted = self.parse_prompt(prompt)
+            v = {h: self.heads[h][int(best[h][0][i])] for h in self.heads}
+            v.update({f"{h}_confidence": float(best[h][1][i]) for h in self.heads})
+            v["wanted"] = wanted
+            named = {h: w for h, w in wanted.items() if w is not None}
+            v["correct"] = any(wanted[h] is not None for h in self.rule["needs_any"]) and all(
+                v[h] == w for h, w in named.items())
+            out.append(v)
+        return out
+
+    # --- "class": the single head must predict the query's class (digits world) ----------------------
+    def parse_class(self, text: str | int) -> int:
+        """'3', 'digit 3', 'three', 'the digit three', 3 -> 3; anything else raises PromptError."""
+        (classes,) = self.heads.values()
+        names = self.rule["names"]
+        if isinstance(text, int) and not isinstance(text, bool) and 0 <= text < len(classes):
+            return text
+        key = re.sub(self.rule["prefix"], "", str(text).strip().lower()).strip()
+        if len(key) == 1 and key.isdecimal() and int(key) < len(classes):
+            return int(key)
+        if key in names:
+            return int(names[key])
+        raise PromptError(f"{text!r} is not a class; accepted: {', '.join(classes)}, {', '.join(names)}, "
+                          "optionally prefixed by 'digit' (e.g. 'digit 3', 'digit three')")
+
+    def _class_verdicts(self, images, queries: list) -> list[dict]:
+        targets = [self.parse_class(q) for q in queries]
+        ((head, classes),) = self.heads.items()
+        probs = self.probabilities(images)[head]
+        pred, conf = probs.argmax(-1), probs.max(-1)
+        return [{"predicted": classes[p], "confidence": float(cf), "target": classes[t],
+                 "target_probability": float(pr[t]), "correct": bool(p == t)}
+                for p, cf, t, pr in zip(pred.tolist(), conf, targets, probs)]
+
+
+def check_entry(entry, folder: Path) -> None:
+    """BundleError unless the manifest's judge entry has the fields this module reads."""
+    problems = []
+    if not isinstance(entry, dict):
+        raise BundleError(f"{folder}: manifest field 'judge' is {entry!r}, expected an object; re-export the bundle")
+    if not isinstance(entry.get("file"), str):
+        problems.append("'file' is not a file name")
+    heads = entry.get("heads")
+    if not (isinstance(heads, dict) and heads and all(
+            isinstance(v, list) and v and all(isinstance(n, str) for n in v) for v in heads.values())):
+        problems.append("'heads' is not {head: [value names]}")
+    size = entry.get("input")
+    if not (isinstance(size, dict) and all(isinstance(size.get(k), int) and size[k] > 0 for k in ("channels", "size"))):
+        problems.append("'input' is not {'channels': int, 'size': int}")
+    rule = entry.get("rule")
+    kind = rule.get("kind") if isinstance(rule, dict) else None
+    if kind == "words":
+        if not (isinstance(rule.get("pattern"), str) and isinstance(rule.get("aliases", {}), dict)
+                and isinstance(rule.get("needs_any"), list)
+                and all(h in (heads if isinstance(heads, dict) else {}) for h in rule["needs_any"])):
+            problems.append("rule 'words' needs 'pattern', 'aliases' and 'needs_any' (a list of heads)")
+    elif kind == "class":
+        if not (isinstance(rule.get("prefix"), str) and isinstance(rule.get("names"), dict)
+                and isinstance(heads, dict) and len(heads) == 1):
+            problems.append("rule 'class' needs 'prefix', 'names' and exactly one head")
+    else:
+        problems.append(f"'rule' kind is {kind!r}; this tr0n-rt knows 'words' and 'class'")
+    if problems:
+        raise BundleError(f"{folder}: manifest field 'judge' is invalid: {'; '.join(problems)}. "
+                          "Re-export the bundle with this tr0n-rt version")
