@@ -49,7 +49,16 @@ def export_bundle(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike | 
     out = Path(out_dir) if out_dir is not None else pipeline_dir
     out.mkdir(parents=True, exist_ok=True)
     p = TorchPipeline.load(pipeline_dir)
-    entries, files, report = {}, {}, {}
+    entries, files, report, judge = {}, {}, {}, None
+    old = out / "manifest.json"
+    if graphs and old.is_file():  # re-export some graphs of an existing bundle: keep the others
+        m = json.loads(old.read_text())
+        keep = [g for g in m.get("graphs", {}) if g not in graphs]
+        entries = {g: m["graphs"][g] for g in keep}
+        report = {g: m["export"]["graphs"][g] for g in keep if g in m.get("export", {}).get("graphs", {})}
+        judge = m.get("judge")
+        files = {f: meta for f, meta in m.get("files", {}).items()
+                 if any(f in entries[g]["files"].values() for g in keep) or (judge and f == judge["file"])}
     for spec in graph_specs(p):
         if graphs and spec.name not in graphs:
             continue
@@ -83,7 +92,6 @@ def export_bundle(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike | 
             print(f"  {spec.name}: {info['export_seconds']} s" + (
                 f", fp32 max rel err {info['fp32']['max_rel_err']:.1e}" if validate else ""), flush=True)
 
-    judge = None
     if p.spec.get("judge") and (not graphs or "judge" in graphs):
         from .judge_export import export_judge
 

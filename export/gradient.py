@@ -31,9 +31,56 @@ def _conv_input_grad(grad_output, input, weight, bias_sizes, stride, padding, di
     return grad, None, None
 
 
+def _avg_pool2d_input_grad(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                           divisor_override=None):
+    """aten.avg_pool2d_backward as a depthwise transposed conv with a constant 1/divisor kernel: each
+    output gradient is spread evenly over its window (exact when every window has the same divisor)."""
+    kh, kw = (list(kernel_size) * 2)[:2]
+    sh, sw = (list(stride or kernel_size) * 2)[:2]
+    ph, pw = (list(padding) * 2)[:2]
+    if ceil_mode or ((ph or pw) and not count_include_pad):
+        raise NotImplementedError("avg_pool2d backward with ceil_mode or padding excluded from the count")
+    channels = input.shape[1]
+    weight = torch.full((channels, 1, kh, kw), 1.0 / (divisor_override or kh * kw), dtype=grad_output.dtype,
+                        device=grad_output.device)
+    out_pad = [input.shape[2] - ((grad_output.shape[2] - 1) * sh - 2 * ph + kh),
+               input.shape[3] - ((grad_output.shape[3] - 1) * sw - 2 * pw + kw)]
+    return aten.convolution(grad_output, weight, None, [sh, sw], [ph, pw], [1, 1], True, out_pad, channels)
+
+
+def _pad_along(x: torch.Tensor, dim: int, before, after) -> torch.Tensor:
+    dim = dim % x.dim()
+    pads = [0, 0] * (x.dim() - dim - 1) + [before, after]  # constant_pad_nd lists the last dim first
+    return aten.constant_pad_nd(x, pads, 0.0)
+
+
+def _slice_backward(grad_output, input_sizes, dim, start, end, step):
+    """The gradient of x[..., start:end] is zero-padding, not the slice_scatter (-> ScatterND, a
+    TensorRT risk) of the default decomposition. Strided slices keep the default."""
+    if step != 1:
+        return _DEFAULT_SLICE_BACKWARD(grad_output, input_sizes, dim, start, end, step)
+    size = input_sizes[dim]
+    start = max(0, min(size, start + size if start < 0 else start))
+    end = max(start, min(size, end + size if end < 0 else end))
+    return _pad_along(grad_output, dim, start, size - end)
+
+
+def _select_backward(grad_output, input_sizes, dim, index):
+    """The gradient of x.select(dim, index): unsqueeze, then zero-pad."""
+    size = input_sizes[dim]
+    index = index + size if index < 0 else index
+    return _pad_along(grad_output.unsqueeze(dim), dim, index, size - index - 1)
+
+
+_DEFAULT_SLICE_BACKWARD = core_aten_decompositions()[aten.slice_backward.default]
+
+
 def decompositions() -> dict:
     table = dict(core_aten_decompositions())
     table[aten.convolution_backward.default] = _conv_input_grad
+    table[aten.avg_pool2d_backward.default] = _avg_pool2d_input_grad
+    table[aten.slice_backward.default] = _slice_backward
+    table[aten.select_backward.default] = _select_backward
     return table
 
 

@@ -65,7 +65,7 @@ def make_pairs(generator: Generator, condition_model: ConditionModel, count: int
             bar.update(size)
             continue
         rng = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        z = generator.latent.sample_prior(size, generator=rng)
+        z = generator.sample_latent(size, generator=rng)
         cs = []
         for start in range(0, size, batch_size):
             cs.append(condition_model.encode_images(generator(z[start:start + batch_size])))

@@ -122,7 +122,6 @@ def test_mapping_prior():
         torch.testing.assert_close(g.mapping(z), w)
         torch.testing.assert_close(g.mapping(3.0 * z), w)  # z is normalised to unit second moment
     # equalized lr: weights are stored as N(0, 1) / lr_mul and scaled back at run time
-    fast = StyleGAN2Generator(**SMALL, mapping_lr_mul=1.0)
     torch.manual_seed(0)
     slow = StyleGAN2Generator(**SMALL, mapping_lr_mul=0.01)
     torch.manual_seed(0)

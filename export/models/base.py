@@ -62,6 +62,10 @@ class Generator(nn.Module):
         """Constructor keyword arguments, JSON-serialisable: family + config rebuilds the module."""
         raise NotImplementedError
 
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latents for synthetic pairs: z ~ p(z) by default; StyleGAN2 maps z to w."""
+        return self.latent.sample_prior(n, generator=generator)
+
 
 class ConditionModel(nn.Module):
     """f: the auxiliary model that gives conditions c = f(x) and scores images against a condition.

@@ -37,11 +37,14 @@ loader (k >= 3 for the 2^k resolutions above 4; shapes: O out, I in channels, r 
     convN.affine.bias [I]                  L.conv.modulation.bias          -
     convN.bias [O]                         L.activate.bias                 -
     convN.noise_strength []                L.noise.weight [1]              reshape(())
-    convN.noise_const [r, r]               noises.noise_{j} [1, 1, r, r]   reshape(r, r); j = 0 for
-                                                                           b4.conv1, else the convs index + 1
+    convN.noise_const [r, r]               noises.noise_{j} [1, 1, r, r]   reshape(r, r)
     torgb.weight [3, I, 1, 1]              L.conv.weight [1, 3, I, 1, 1]   squeeze(0)
-    torgb.affine.weight / .bias            L.conv.modulation.weight / .bias -
+    torgb.affine.weight                    L.conv.modulation.weight        -
+    torgb.affine.bias                      L.conv.modulation.bias          -
     torgb.bias [3]                         L.bias [1, 3, 1, 1]             reshape(3)
+  j = 0 for b4.conv1, else the convs index + 1. rosinality's FIR buffers (`*.blur.kernel`,
+  `*.upsample.kernel`) are fixed, as ours are (not in the state dict): skip them. noise="none" has no
+  noise_strength / noise_const entries.
 Demodulation: rosinality (and this module) demodulate the gain-scaled weight, NVIDIA the raw weight;
 the two differ only in where the 1e-8 epsilon sits.
 """

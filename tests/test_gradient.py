@@ -1,0 +1,60 @@
+"""The backward decompositions that make gradient graphs exportable equal torch's own backward."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tr0n_rt.export.gradient import _avg_pool2d_input_grad, _conv_input_grad
+
+
+@pytest.mark.parametrize("stride,padding,size", [(1, 0, 9), (2, 1, 9), (2, 1, 10), (3, 0, 11)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_conv_input_gradient(stride, padding, size, transposed):
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, size, size, requires_grad=True)
+    w = torch.randn(4, 6, 3, 3) if transposed else torch.randn(6, 4, 3, 3)
+    y = (F.conv_transpose2d if transposed else F.conv2d)(x, w, stride=stride, padding=padding)
+    g = torch.randn_like(y)
+    (expected,) = torch.autograd.grad(y, x, g)
+    ours, _, _ = _conv_input_grad(g, x, w, None, [stride] * 2, [padding] * 2, [1, 1], transposed, [0, 0], 1,
+                                  [True, False, False])
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,size", [(2, 2, 0, 8), (2, 2, 0, 9), (3, 2, 1, 9), (3, 1, 1, 6)])
+def test_avg_pool_input_gradient(kernel, stride, padding, size):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, size, size, requires_grad=True)
+    y = F.avg_pool2d(x, kernel, stride, padding)
+    g = torch.randn_like(y)
+    (expected,) = torch.autograd.grad(y, x, g)
+    ours = _avg_pool2d_input_grad(g, x, [kernel], [stride], [padding], False, True)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_unsupported_pooling_is_refused_not_approximated():
+    x, g = torch.randn(1, 1, 6, 6), torch.randn(1, 1, 3, 3)
+    with pytest.raises(NotImplementedError):
+        _avg_pool2d_input_grad(g, x, [3], [2], [1], False, False)
+
+
+@pytest.mark.parametrize("start,end", [(0, 5), (5, 11), (-3, None), (2, 100)])
+def test_slice_gradient_is_a_pad(start, end):
+    from tr0n_rt.export.gradient import _slice_backward
+
+    x = torch.randn(3, 20, requires_grad=True)
+    y = x[:, start:end]
+    g = torch.randn_like(y)
+    (expected,) = torch.autograd.grad(y, x, g)
+    stop = end if end is not None else 2**62
+    torch.testing.assert_close(_slice_backward(g, list(x.shape), 1, start, stop, 1), expected)
+
+
+@pytest.mark.parametrize("index", [0, 4, -1])
+def test_select_gradient_is_a_pad(index):
+    from tr0n_rt.export.gradient import _select_backward
+
+    x = torch.randn(3, 5, 2, requires_grad=True)
+    y = x[:, index]
+    g = torch.randn_like(y)
+    (expected,) = torch.autograd.grad(y, x, g)
+    torch.testing.assert_close(_select_backward(g, list(x.shape), 1, index), expected)
