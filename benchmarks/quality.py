@@ -61,6 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50])
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--no-baselines", action="store_true", help="only TR0N rows (and T = 0)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -80,7 +81,8 @@ def main(argv=None) -> int:
 
     run("translator only", 0)
     for t in args.steps:
-        run("langevin from p(z)", t, init="prior")
+        if not args.no_baselines:
+            run("langevin from p(z)", t, init="prior")
         run("TR0N", t, init="translator")
     cov = coverage(sampler, judge, args.world, 3000, args.seed, 250)
     print(f"unconditional coverage: {cov}")

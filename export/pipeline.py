@@ -13,7 +13,6 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 
 from tr0n_rt.atomic import write_json
 from tr0n_rt.errors import CheckpointError, ConfigError

@@ -2,8 +2,9 @@
 at module level.
 
 One small interface, `Device`, three implementations:
-    TorchCuda     torch CUDA tensors, torch.cuda.CUDAGraph, torch's current stream. Chosen whenever torch
-                  with CUDA imports, so buffers pass zero-copy between TensorRT engines and a torch step.
+    TorchCuda     torch CUDA tensors, torch.cuda.CUDAGraph, a stream of its own inside `scope()` (torch's
+                  current one otherwise). Chosen whenever torch with CUDA imports, so buffers pass
+                  zero-copy between TensorRT engines and a torch step.
     CudaRuntime   cuda-python (`cuda.bindings.runtime`, or the older `cuda.cudart`): cudaMalloc'd
                   DeviceArrays, one non-blocking stream, cudaStreamBeginCapture / cudaGraphLaunch.
     HostArrays    numpy arrays standing in for device memory; `capture` records the function and `replay`
@@ -30,6 +31,7 @@ The step's CUDA graphs ("bind once, replay many"):
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,6 +97,9 @@ class HostArrays:
     def stream_handle(self) -> int:
         return 0
 
+    def scope(self):
+        return nullcontext()
+
     def synchronize(self) -> None:
         pass
 
@@ -126,6 +131,7 @@ class TorchCuda:
                                "needs an NVIDIA GPU")
         self.torch = torch
         self.device = torch.device(device)
+        self.stream = torch.cuda.Stream(self.device)
         self.dtypes = {np.dtype(k): v for k, v in (("float32", torch.float32), ("float16", torch.float16),
                                                    ("int64", torch.int64), ("int32", torch.int32),
                                                    ("bool", torch.bool), ("uint8", torch.uint8))}
@@ -160,6 +166,25 @@ class TorchCuda:
 
     def stream_handle(self) -> int:
         return self.torch.cuda.current_stream(self.device).cuda_stream
+
+    @contextmanager
+    def scope(self):
+        """Runs the block on this device's own stream, ordered after (and before) the caller's work.
+
+        TensorRT synchronises when it is given the legacy default stream (torch's default), so enqueues
+        go to a stream of our own. Entering waits for all earlier work of the caller's stream, so memory
+        that the caching allocator hands out again inside the block is never still in use there."""
+        torch = self.torch
+        caller = torch.cuda.current_stream(self.device)
+        if caller.cuda_stream != 0:  # already on a stream of its own (or capturing): stay there
+            yield
+            return
+        self.stream.wait_stream(caller)
+        try:
+            with torch.cuda.stream(self.stream):
+                yield
+        finally:
+            caller.wait_stream(self.stream)
 
     def synchronize(self) -> None:
         self.torch.cuda.synchronize(self.device)
@@ -261,6 +286,9 @@ class CudaRuntime:
     def stream_handle(self) -> int:
         return int(self.stream)
 
+    def scope(self):
+        return nullcontext()  # everything already runs on this device's own stream
+
     def synchronize(self) -> None:
         self._call(self.rt.cudaStreamSynchronize(self.stream))
 
@@ -296,6 +324,13 @@ class _RuntimeGraph:
 
     def replay(self) -> None:
         self.device._call(self.device.rt.cudaGraphLaunch(self.exec, self.device.stream))
+
+    def __del__(self):
+        try:
+            self.device.rt.cudaGraphExecDestroy(self.exec)
+            self.device.rt.cudaGraphDestroy(self.graph)
+        except Exception:
+            pass
 
 
 def open_device(kind: str = "auto", device_id: int = 0):

@@ -30,7 +30,7 @@ import numpy as np
 from ..bundle import Bundle, load_bundle
 from ..errors import BackendError, BundleError, ConfigError
 from .base import STATE_NAMES, Backend
-from .cuda import StepGraphs, open_device, pick_batch, put
+from .cuda import StepGraphs, open_device, pick_batch, put, shape_key
 from .onnxruntime import check_io, check_shape
 
 AXES = ("batch", "copies", "components")
@@ -106,7 +106,8 @@ def check_engine_compatible(stamp: dict, trt_version: str, gpu_name: str, comput
     how = REBUILD.format(bundle=bundle)
     if stamp.get("hardware_compatible"):
         if sm_number(here_sm) < 80:
-            raise BackendError(f"{what} (hardware-compatible, Ampere or newer); this GPU ({gpu_name}) is {here_sm}: {how}")
+            raise BackendError(f"{what} (hardware-compatible, Ampere or newer); this GPU ({gpu_name}) is {here_sm}: "
+                               f"{how}")
     elif built_sm != here_sm:
         raise BackendError(f"{what}; this GPU ({gpu_name}) is {here_sm}: {how}")
     if stamp.get("version_compatible"):
@@ -223,7 +224,10 @@ class Engine:
         path = bundle.folder / stamp["file"]
         if stamp.get("version_compatible"):
             runtime.engine_host_code_allowed = True  # version-compatible plans carry their lean runtime
-        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        try:
+            self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        except Exception:  # some versions raise instead of returning None
+            self.engine = None
         if self.engine is None:
             raise BackendError(f"TensorRT {trt.__version__} could not deserialise {path}; "
                                f"{REBUILD.format(bundle=bundle.folder)}")
@@ -328,7 +332,9 @@ class TrtBackend(Backend):
                 usable[graph] = stamp
         path = choose_step_path(bundle, True, stamps, torch_cuda=_torch_cuda(), precision=precision)
         if path.kind not in ("tensorrt", "torch-hybrid"):
-            raise BackendError(f"the TensorRT backend cannot run bundle {bundle.folder}: {path.reason}")
+            advice = {"torch": "open it with --backend torch --device cuda (the step captured in a CUDA graph)",
+                      "onnxruntime": "use --backend onnxruntime"}[path.kind]
+            raise BackendError(f"the TensorRT backend cannot run bundle {bundle.folder}: {path.reason}; {advice}")
         # The torch step hands torch tensors to the engines: buffers must then be torch's too.
         dev = open_device("torch" if path.kind == "torch-hybrid" else device_kind, device_id)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -355,12 +361,15 @@ class TrtBackend(Backend):
             raise BackendError(f"graph {graph!r} takes inputs {', '.join(declared) or '(no such graph)'}; "
                                f"missing: {', '.join(missing) or '-'}, unknown: {', '.join(extra) or '-'}")
         for n, v in inputs.items():
-            check_shape(graph, n, np.shape(v) if not hasattr(v, "shape") else tuple(v.shape), declared[n]["shape"])
+            check_shape(graph, n, _shape(v), declared[n]["shape"])
+        with self.device.scope():
+            return self._run(graph, inputs)
+
+    def _run(self, graph: str, inputs: dict) -> dict:
         if graph == "step":
             if self.torch_step is not None:
                 return self.torch_step.run("step", inputs)
-            b, a, k = (int(inputs["means"].shape[0]), int(inputs["aug_noise"].shape[1]),
-                       int(inputs["means"].shape[1]))
+            b, a, k = shape_key({n: _shape(inputs[n]) for n in ("means", "aug_noise")})
             profile, p = select_profile(self.engines["step"].stamp, b, a, k, self.bundle.folder)
             return self.step.run((p["batch"], a, k), inputs, rows=b)
         return self._run_forward(graph, inputs)
@@ -369,7 +378,7 @@ class TrtBackend(Backend):
         """The call's size of each dynamic axis, read off the inputs and the manifest's dims."""
         sizes = {}
         for n, spec in self.bundle.io(graph)[0].items():
-            for d, s in zip(spec["shape"], inputs[n].shape):
+            for d, s in zip(spec["shape"], _shape(inputs[n])):
                 if isinstance(d, str):
                     sizes[d] = int(s)
         return sizes
@@ -439,8 +448,11 @@ class TrtBackend(Backend):
         if self.device.owns(x):
             return x
         x = np.ascontiguousarray(x)
-        buf = self.device.empty(x.shape, x.dtype)
-        self.device.upload(buf, x)
+        if x.dtype == np.float64:  # graphs take float32 (base.py)
+            x = x.astype(np.float32)
+        with self.device.scope():
+            buf = self.device.empty(x.shape, x.dtype)
+            self.device.upload(buf, x)
         return buf
 
     def to_host(self, x) -> np.ndarray:
@@ -448,6 +460,10 @@ class TrtBackend(Backend):
 
     def synchronize(self) -> None:
         self.device.synchronize()
+
+
+def _shape(x) -> tuple[int, ...]:
+    return tuple(int(n) for n in (x.shape if hasattr(x, "shape") else np.shape(x)))
 
 
 def _torch_cuda() -> bool:

@@ -69,8 +69,6 @@ class TorchBackend(Backend):
             self.torch.cuda.synchronize(self.device)
 
     def run(self, graph: str, inputs: dict) -> dict:
-        from ..export.step import langevin_step
-
         t = {k: self.to_device(v) for k, v in inputs.items()}
         p = self.pipeline
         with self.torch.no_grad():
@@ -84,13 +82,16 @@ class TorchBackend(Backend):
             if graph == "energy":
                 return {"energy": self.energy(t["latent"], t["condition"], t["aug_noise"])}
             if graph == "step":
-                if self.step_graphs is not None:
-                    return self.step_graphs.run(t)
-                state = {n: t[n] for n in STATE_NAMES}
-                new, e = langevin_step(self.energy, state, t["condition"], t["aug_noise"], t["sgld_noise"],
-                                       t["hparams"], bound=self.bound)
-                return {**{f"{n}_next": new[n] for n in STATE_NAMES}, "energy": e}
+                return self.step_graphs.run(t) if self.step_graphs is not None else self.eager_step(t)
         raise BackendError(f"the torch backend has no graph {graph!r}")
+
+    def eager_step(self, t: dict) -> dict:
+        from ..export.step import langevin_step
+
+        state = {n: t[n] for n in STATE_NAMES}
+        new, e = langevin_step(self.energy, state, t["condition"], t["aug_noise"], t["sgld_noise"], t["hparams"],
+                               bound=self.bound)
+        return {**{f"{n}_next": new[n] for n in STATE_NAMES}, "energy": e}
 
     @property
     def graph_stats(self) -> dict:
@@ -104,11 +105,12 @@ STEP_INPUTS = STATE_NAMES + ("condition", "aug_noise", "sgld_noise", "hparams")
 class TorchStepGraphs:
     """langevin_step captured once per (batch, copies, components) and replayed, state updated in place."""
 
-    def __init__(self, backend: TorchBackend):
+    def __init__(self, backend: TorchBackend, device=None):
+        """device: where graphs are captured (cuda.TorchCuda for the backend's GPU; tests pass a recorder)."""
         from .cuda import GraphStats, TorchCuda
 
         self.backend = backend
-        self.device = TorchCuda(str(backend.device))
+        self.device = device or TorchCuda(str(backend.device))
         self.entries: dict = {}  # key -> (graph, static inputs, static energy)
         self.stats = GraphStats()
 
@@ -117,7 +119,7 @@ class TorchStepGraphs:
         from ..export.step import langevin_step
 
         torch, be = self.backend.torch, self.backend
-        static = {n: torch.zeros_like(like[n]) for n in STEP_INPUTS}
+        static = {n: like[n].clone() for n in STEP_INPUTS}  # warm-up on the first call's own data
         energy = torch.zeros(like["means"].shape[0], dtype=like["means"].dtype, device=be.device)
 
         def step():
@@ -127,16 +129,26 @@ class TorchStepGraphs:
                 static[n].copy_(new[n])
             energy.copy_(e)
 
-        graph = self.device.capture(step, warmup=2)  # the warm-up runs the step on zeros: finite or not, harmless
-        self.stats.captures[key] = 1
+        try:
+            graph = self.device.capture(step, warmup=2)  # warm-up and capture advance `static`: run() copies again
+        except Exception as e:  # an op that cannot be captured: this shape runs eagerly
+            self.stats.capture_errors[key] = f"{type(e).__name__}: {e}"
+            graph = None
+        else:
+            self.stats.captures[key] = 1
         self.entries[key] = (graph, static, energy)
         return self.entries[key]
 
     def run(self, t: dict) -> dict:
         """t: every step input as a tensor on the backend's device -> outputs; state outputs are the static
         state tensors (see the module docstring)."""
-        key = (int(t["means"].shape[0]), int(t["aug_noise"].shape[1]), int(t["means"].shape[1]))
+        from .cuda import shape_key
+
+        key = shape_key({n: tuple(t[n].shape) for n in ("means", "aug_noise")})
         graph, static, energy = self.entries.get(key) or self.capture(key, t)
+        if graph is None:
+            self.stats.eager += 1
+            return self.backend.eager_step(t)
         copied = False
         for n in STEP_INPUTS:
             x = t[n]

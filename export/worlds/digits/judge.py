@@ -7,14 +7,13 @@ f is less likely to fool the judge as well.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from tr0n_rt.errors import ConfigError, PromptError, ShapeError
+from tr0n_rt.errors import PromptError, ShapeError
 
-from ...checkpoints import load_weights
+from ..judging import WorldJudge
 from .data import CLASSES
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -59,7 +58,7 @@ class JudgeNet(nn.Module):
                 "image_size": self.image_size, "width": self.width}
 
 
-class DigitsJudge:
+class DigitsJudge(WorldJudge):
     """Checks generated digits against their target classes.
 
         judge = DigitsJudge.load(spec["judge"], Path("engines/digits"))
@@ -67,19 +66,11 @@ class DigitsJudge:
     """
 
     family = "digits_judge"
+    net_class = JudgeNet
 
     def __init__(self, net: JudgeNet, classes: list[str] | None = None):
-        self.net = net.eval()
+        super().__init__(net)
         self.classes = list(classes or CLASSES)
-
-    @classmethod
-    def load(cls, spec: dict, folder: Path) -> "DigitsJudge":
-        """spec: the manifest's {"family": "digits_judge", "config": {...}, "weights": "judge.safetensors"}."""
-        if spec.get("family") != cls.family:
-            raise ConfigError(f"judge family {spec.get('family')!r} is not {cls.family!r}")
-        net = JudgeNet(**spec.get("config", {}))
-        load_weights(net, Path(folder) / spec["weights"])
-        return cls(net)
 
     def runtime_spec(self) -> dict:
         """What the torch-free judge (tr0n_rt/judge.py) needs besides judge.onnx: the class names in output

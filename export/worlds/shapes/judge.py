@@ -5,13 +5,12 @@ can check samples without being the thing they were optimised against.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from ...checkpoints import load_weights
-from tr0n_rt.errors import ConfigError, ShapeError
+from ..judging import WorldJudge
+from tr0n_rt.errors import ShapeError
 from . import data
 
 HEADS = {"shape": data.SHAPES, "colour": data.COLOUR_NAMES, "background": data.BACKGROUND_NAMES}
@@ -44,7 +43,7 @@ class JudgeNet(nn.Module):
         return {k: head(h) for k, head in self.heads.items()}
 
 
-class ShapesJudge:
+class ShapesJudge(WorldJudge):
     """Checks generated images against their prompts.
 
         judge = ShapesJudge.load(spec["judge"], Path("engines/shapes"))
@@ -52,18 +51,7 @@ class ShapesJudge:
     """
 
     family = "shapes_judge"
-
-    def __init__(self, net: JudgeNet):
-        self.net = net.eval()
-
-    @classmethod
-    def load(cls, spec: dict, folder: Path) -> "ShapesJudge":
-        """spec: {"family": "shapes_judge", "config": {...}, "weights": "judge.safetensors"}."""
-        if spec.get("family") != cls.family:
-            raise ConfigError(f"judge family {spec.get('family')!r} is not {cls.family!r}")
-        net = JudgeNet(**spec.get("config", {}))
-        load_weights(net, Path(folder) / spec["weights"])
-        return cls(net)
+    net_class = JudgeNet
 
     def runtime_spec(self) -> dict:
         """What the torch-free judge (tr0n_rt/judge.py) needs besides judge.onnx: the heads' value names in

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from ...models.base import Generator, LatentSpec
 from ...models.registry import register_generator
