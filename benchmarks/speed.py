@@ -34,18 +34,23 @@ def step_inputs(info, batch: int, copies: int, seed: int = 0) -> dict:
             "hparams": info.sampling.hparams()}
 
 
-def time_step(backend, inputs: dict, warmup: int, repeats: int) -> tuple[list[float], dict]:
-    feeds = {k: backend.to_device(v) for k, v in inputs.items()}
-    for _ in range(warmup):
-        out = backend.run("step", feeds)
-    backend.synchronize()
-    times = []
+def time_steps(backends: dict, inputs: dict, warmup: int, repeats: int) -> dict:
+    """name -> (seconds per repeat, outputs). Repeats alternate between backends, so load from other
+    processes on a shared machine falls on all of them alike."""
+    feeds = {name: {k: be.to_device(v) for k, v in inputs.items()} for name, be in backends.items()}
+    outs = {}
+    for name, be in backends.items():
+        for _ in range(warmup):
+            outs[name] = be.run("step", feeds[name])
+        be.synchronize()
+    times = {name: [] for name in backends}
     for _ in range(repeats):
-        tick = time.perf_counter()
-        out = backend.run("step", feeds)
-        backend.synchronize()
-        times.append(time.perf_counter() - tick)
-    return times, {k: backend.to_host(v) for k, v in out.items()}
+        for name, be in backends.items():
+            tick = time.perf_counter()
+            outs[name] = be.run("step", feeds[name])
+            be.synchronize()
+            times[name].append(time.perf_counter() - tick)
+    return {name: (times[name], {k: be.to_host(v) for k, v in outs[name].items()}) for name, be in backends.items()}
 
 
 def main(argv=None) -> int:
@@ -70,7 +75,7 @@ def main(argv=None) -> int:
     rows = []
     for batch in args.batch:
         inputs = step_inputs(info, batch, args.copies)
-        results = {name: time_step(be, inputs, args.warmup, args.repeats) for name, be in backends.items()}
+        results = time_steps(backends, inputs, args.warmup, args.repeats)
         base = statistics.median(results["torch eager"][0])
         ref_out = results["torch eager"][1]
         for name, (times, out) in results.items():

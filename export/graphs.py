@@ -94,11 +94,11 @@ def example_inputs(p: TorchPipeline, name: str, batch: int = 2, copies: int = 3,
     if name == "translator":
         return {"condition": cond}
     if name == "generator":
-        return {"latent": p.generator.latent.sample_prior(batch, generator=g)}
+        return {"latent": p.generator.sample_latent(batch, generator=g)}
     if name == "energy":
-        return {"latent": p.generator.latent.sample_prior(batch, generator=g), "condition": cond, "aug_noise": aug}
+        return {"latent": p.generator.sample_latent(batch, generator=g), "condition": cond, "aug_noise": aug}
     k = max(k, 2)  # a traced size of 1 would be specialised (made static)
-    means = torch.randn(batch, k, d, generator=g)
+    means = p.generator.sample_latent(batch * k, generator=g).reshape(batch, k, d)  # realistic latents (w for StyleGAN2)
     return {
         "means": means, "logits": torch.randn(batch, k, d, generator=g),
         "velocity": 0.1 * torch.randn(batch, k, d, generator=g),

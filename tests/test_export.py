@@ -96,6 +96,26 @@ def test_expanded_weight_is_detected_and_folded_without_changing_results(tmp_pat
     np.testing.assert_allclose(run_onnx(tmp_path / "b.onnx", [{"x": x}])[0]["y"], before, rtol=1e-6)
 
 
+def test_transposed_expanded_weight_in_a_backward_is_folded(tmp_path):
+    """The gradient of x @ expand(W) reads transpose(expand(W)): fold it to transpose(W)."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.random.rand(12).astype(np.float32))
+    shape = helper.make_tensor("shape", TensorProto.INT64, [3], [5, 4, 3])
+    nodes = [helper.make_node("Expand", ["w", "shape"], ["w_big"], name="expand"),
+             helper.make_node("Transpose", ["w_big"], ["w_big_t"], perm=[0, 2, 1], name="permute"),
+             helper.make_node("MatMul", ["g", "w_big_t"], ["y"], name="matmul_backward")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("g", TensorProto.FLOAT, [5, 2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 2, 4])], [w, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert expanded_weight_reads(model) == ["matmul_backward"]
+    x = np.random.rand(5, 2, 3).astype(np.float32)
+    onnx.save(model, str(tmp_path / "a.onnx"))
+    before = run_onnx(tmp_path / "a.onnx", [{"g": x}])[0]["y"]
+    assert fold_expanded_weights(model) == 1 and expanded_weight_reads(model) == []
+    assert not any(n.op_type == "Expand" for n in model.graph.node)
+    onnx.save(model, str(tmp_path / "b.onnx"))
+    np.testing.assert_allclose(run_onnx(tmp_path / "b.onnx", [{"g": x}])[0]["y"], before, rtol=1e-6)
+
+
 def test_fp16_keeps_float32_islands_exact():
     """A float32 island (here Softmax -> Exp, both kept in float32) must not be rounded to FP16
     between its nodes; tiny values that FP16 flushes to zero survive."""

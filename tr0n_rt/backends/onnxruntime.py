@@ -149,6 +149,12 @@ class OrtBackend(Backend):
             return session, "graph", cache_file
         except OSError:  # no writable cache folder: run uncached
             return self._checked_session(graph, path, optimize=True), "graph", None
+        except BackendError as e:
+            # ORT cannot save an optimised graph past protobuf's 2 GB (seen: ViT-B-32 + StyleGAN2-256
+            # step): run the optimised session uncached rather than not at all
+            if "Protobuf serialization failed" not in str(e):
+                raise
+            return self._checked_session(graph, path, optimize=True), "graph", None
 
     def _checked_session(self, graph: str, path: Path, optimize: bool, save_to: Path | None = None):
         """A session whose providers are those asked for and whose IO is the manifest's."""
