@@ -24,8 +24,10 @@ from tr0n_rt.sampler import Sampler
 
 
 def accuracy(sampler, judge, queries, samples, seed, batch, config) -> tuple[float, float]:
-    """Judge accuracy over queries x samples, and wall seconds per sample."""
-    rows = [(q, seed + j) for q in queries for j in range(samples)]
+    """Judge accuracy over queries x samples, and wall seconds per sample. Every row gets its own seed
+    (base + row): a world's query list repeats classes, and repeated (query, seed) pairs would only
+    repeat the same image."""
+    rows = [(q, seed + i * samples + j) for i, q in enumerate(queries) for j in range(samples)]
     conditions = sampler.conditions([q for q, _ in rows])
     correct, tick = 0, time.perf_counter()
     for start in range(0, len(rows), batch):
