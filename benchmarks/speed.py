@@ -35,29 +35,29 @@ def step_inputs(info, batch: int, copies: int, seed: int = 0) -> dict:
 
 
 def time_steps(backends: dict, inputs: dict, warmup: int, repeats: int) -> dict:
-    """name -> (seconds per repeat, outputs). Repeats alternate between backends, so load from other
-    processes on a shared machine falls on all of them alike."""
-    feeds = {name: {k: be.to_device(v) for k, v in inputs.items()} for name, be in backends.items()}
-    outs = {}
+    """name -> (seconds per repeat, outputs). Each backend runs its warm-up and repeats as one block:
+    interleaving them let onnxruntime's spinning worker threads steal the cores from torch's next run."""
+    results = {}
     for name, be in backends.items():
+        feeds = {k: be.to_device(v) for k, v in inputs.items()}
         for _ in range(warmup):
-            outs[name] = be.run("step", feeds[name])
+            out = be.run("step", feeds)
         be.synchronize()
-    times = {name: [] for name in backends}
-    for _ in range(repeats):
-        for name, be in backends.items():
+        times = []
+        for _ in range(repeats):
             tick = time.perf_counter()
-            outs[name] = be.run("step", feeds[name])
+            out = be.run("step", feeds)
             be.synchronize()
-            times[name].append(time.perf_counter() - tick)
-    return {name: (times[name], {k: be.to_host(v) for k, v in outs[name].items()}) for name, be in backends.items()}
+            times.append(time.perf_counter() - tick)
+        results[name] = (times, {k: be.to_host(v) for k, v in out.items()})
+    return results
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pipeline", type=Path, required=True)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--copies", type=int, default=8)
+    ap.add_argument("--copies", type=int, nargs="+", default=[8])
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--precisions", nargs="+", default=["fp32"])
@@ -73,8 +73,8 @@ def main(argv=None) -> int:
         backends[f"onnxruntime {prec}"] = open_backend("onnxruntime", args.pipeline, precision=prec)
     info = backends["torch eager"].info
     rows = []
-    for batch in args.batch:
-        inputs = step_inputs(info, batch, args.copies)
+    for batch, copies in [(b, a) for a in args.copies for b in args.batch]:
+        inputs = step_inputs(info, batch, copies)
         results = time_steps(backends, inputs, args.warmup, args.repeats)
         base = statistics.median(results["torch eager"][0])
         ref_out = results["torch eager"][1]
@@ -82,10 +82,10 @@ def main(argv=None) -> int:
             med = statistics.median(times)
             err = max(float(np.linalg.norm(out[k] - ref_out[k]) / max(np.linalg.norm(ref_out[k]), 1e-30))
                       for k in ("means_next", "velocity_next", "energy"))
-            rows.append({"batch": batch, "copies": args.copies, "backend": name, "median_ms": med * 1e3,
+            rows.append({"batch": batch, "copies": copies, "backend": name, "median_ms": med * 1e3,
                          "min_ms": min(times) * 1e3, "max_ms": max(times) * 1e3, "ratio_to_torch": med / base,
                          "images_per_s_per_step": batch / med, "max_rel_err_vs_torch": err})
-            print(f"batch {batch:3d}  A={args.copies:3d}  {name:18s} median {med * 1e3:9.1f} ms  "
+            print(f"batch {batch:3d}  A={copies:3d}  {name:18s} median {med * 1e3:9.1f} ms  "
                   f"[{min(times) * 1e3:.1f}-{max(times) * 1e3:.1f}]  ratio {med / base:5.2f}  rel err {err:.1e}",
                   flush=True)
     result = {"pipeline": str(args.pipeline), "rows": rows, "torch": torch.__version__,

@@ -1,11 +1,11 @@
 """The one Langevin step equals the reference code's optimizer loop, per sample."""
 import pytest
 import torch
-from torch import nn
 
 from tr0n_rt.export.augment import AugmentConfig
 from tr0n_rt.export.energy import Energy
 from tr0n_rt.export.models.registry import build_condition_model, build_generator
+from tr0n_rt.export.reference_loop import reference_sample
 from tr0n_rt.export.step import initial_state, langevin_step, mix
 from tr0n_rt.settings import SamplingConfig
 
@@ -24,33 +24,6 @@ def energy():
     return Energy(g, f, AugmentConfig())
 
 
-def reference_loop(energy, means, logits, c, augs, noises, hp, bound=None):
-    """The reference's mixture-mode loop for one prompt (batch 1): SGLD with momentum on the means
-    (noise added after the step, not scaled by lr), torch.optim.Adam on the per-dimension logits,
-    clip_grad_norm_ on each separately."""
-    w = nn.Parameter(means.clone())
-    pi = nn.Parameter(logits.clone())
-    adam = torch.optim.Adam([pi], lr=hp.logits_lr)
-    buf = None
-    energies = []
-    for aug, noise in zip(augs, noises):
-        e = energy((torch.softmax(pi, dim=1) * w).sum(1), c, aug)
-        energies.append(e.detach())
-        adam.zero_grad()
-        w.grad = None
-        e.sum().backward()
-        torch.nn.utils.clip_grad_norm_((w,), hp.clip_norm)
-        torch.nn.utils.clip_grad_norm_((pi,), hp.clip_norm)
-        with torch.no_grad():
-            buf = w.grad.clone() if buf is None else hp.momentum * buf + w.grad
-            w -= hp.latent_lr * buf
-            w += noise * hp.noise_std
-            if bound is not None:
-                w.clamp_(-bound, bound)
-        adam.step()
-    return w.detach(), pi.detach(), torch.stack(energies)
-
-
 @pytest.mark.parametrize("bound", [None, 0.5])
 def test_step_equals_reference_optimizer_loop(energy, bound):
     torch.manual_seed(1)
@@ -64,7 +37,7 @@ def test_step_equals_reference_optimizer_loop(energy, bound):
     for aug, noise in zip(augs, noises):
         state, e = langevin_step(energy, state, c, aug, noise, torch.from_numpy(HP.hparams()), bound)
         ours.append(e)
-    w, pi, e_ref = reference_loop(energy, means, state_logits(logits, d), c, augs, noises, HP, bound)
+    w, pi, e_ref = reference_sample(energy, means, state_logits(logits, d), c, augs, noises, HP, bound)
     torch.testing.assert_close(torch.stack(ours), e_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(state["means"], w, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(state["logits"], pi, rtol=1e-5, atol=1e-6)
