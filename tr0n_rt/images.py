@@ -39,9 +39,9 @@ def grid(images: np.ndarray, captions: list[str], columns: int) -> Image.Image:
     scale = display_scale(h)
     cell, text_h = h * scale, 14
     rows = -(-n // columns)
-    width = max(cell, 6 * max((len(c) for c in captions), default=0) // max(columns, 1))
-    sheet = Image.new("RGB", (columns * max(cell, min(width, 2 * cell)), rows * (cell + text_h)), "white")
-    cw = sheet.width // columns
+    longest = max((len(c) for c in captions), default=0)
+    cw = max(cell, min(6 * longest + 4, 2 * cell))  # Pillow's default font: ~6 px a character
+    sheet = Image.new("RGB", (columns * cw, rows * (cell + text_h)), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (img, cap) in enumerate(zip(images, captions)):
         r, c = divmod(i, columns)
