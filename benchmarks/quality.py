@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tr0n_rt.backends import open_backend
-from tr0n_rt.cli import judge_verdicts, load_judge
+from tr0n_rt.cli import load_judge
 from tr0n_rt.paths import world_dir
 from tr0n_rt.sampler import Sampler
 
@@ -33,7 +33,7 @@ def accuracy(sampler, judge, queries, samples, seed, batch, config) -> tuple[flo
     for start in range(0, len(rows), batch):
         part = rows[start:start + batch]
         out = sampler.sample(conditions[start:start + batch], [s for _, s in part], config)
-        verdicts = judge_verdicts(judge, out.images, [q for q, _ in part])
+        verdicts = judge.verdicts(out.images, [q for q, _ in part])
         correct += sum(bool(v["correct"]) for v in verdicts)
     return correct / len(rows), (time.perf_counter() - tick) / len(rows)
 
@@ -46,7 +46,7 @@ def coverage(sampler, judge, world: str, n: int, seed: int, batch: int) -> dict:
         z = rng.standard_normal((min(batch, n - start), sampler.info.latent_dim), dtype=np.float32)
         images = sampler.backend.to_host(sampler.backend.run("generator", {"latent": z})["images"])
         probe = ["a red circle"] * len(z) if world == "shapes" else ["0"] * len(z)
-        for v in judge_verdicts(judge, images, probe):
+        for v in judge.verdicts(images, probe):
             key = (v.get("shape"), v.get("colour")) if world == "shapes" else v.get("predicted")
             counts[str(key)] += 1
     total = 30 if world == "shapes" else 10

@@ -81,14 +81,15 @@ class TorchPipeline:
         missing = [k for k in REQUIRED if k not in spec]
         if missing:
             raise ConfigError(f"{path} lacks field(s) {', '.join(missing)}")
-        generator = _build(folder, spec["generator"], build_generator, "generator")
-        condition_model = _build(folder, spec["condition_model"], build_condition_model, "condition_model")
+        generator = build_part(folder, spec["generator"], build_generator, "generator")
+        condition_model = build_part(folder, spec["condition_model"], build_condition_model, "condition_model")
         tr = spec["translator"]
         translator = load_weights(TranslatorGMM(TranslatorConfig(**tr["config"])), folder / tr["weights"])
         return cls(folder, spec, generator, condition_model, translator)
 
 
-def _build(folder: Path, part: dict, factory, field: str):
+def build_part(folder: Path, part: dict, factory, field: str):
+    """A pipeline part {"family", "config", "weights"} -> the module, weights loaded from folder."""
     try:
         module = factory(part["family"], part.get("config", {}))
     except KeyError as e:

@@ -107,18 +107,11 @@ def run_queries(sampler, queries: list[str], samples: int, seed: int, batch: int
         yield part, sampler.sample(conditions[start:start + batch], [s for _, _, s in part])
 
 
-def judge_verdicts(judge, images: np.ndarray, queries: list[str]) -> list[dict]:
-    if type(judge).__module__.startswith("tr0n_rt.export"):  # the torch judges take tensors
-        import torch
-
-        images = torch.from_numpy(images)
-    return judge.verdicts(images, queries)
-
-
 def judge_batch(judge, out, part):
+    """Every judge (torch or judge.onnx) takes numpy images."""
     if judge is None:
         return [None] * len(part)
-    return judge_verdicts(judge, out.images, [q for q, _, _ in part])
+    return judge.verdicts(out.images, [q for q, _, _ in part])
 
 
 def cmd_sample(args) -> int:

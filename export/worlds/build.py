@@ -17,10 +17,9 @@ from tr0n_rt.atomic import write_bytes
 from tr0n_rt.settings import SamplingConfig
 
 from ..augment import AugmentConfig
-from ..checkpoints import load_weights
 from ..models.registry import build_condition_model, build_generator
 from ..pairs import load_pairs, make_pairs
-from ..pipeline import write_pipeline
+from ..pipeline import build_part, write_pipeline
 from ..train_translator import TrainConfig, train_translator
 from ..translator import TranslatorConfig
 from . import WORLDS, world_module
@@ -52,8 +51,8 @@ def build_world(name: str, out_dir: str | Path, seed: int = 0, work_dir: str | P
     times["models"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    g = _load(parts["generator"], build_generator, out_dir)
-    f = _load(parts["condition_model"], build_condition_model, out_dir)
+    g = build_part(out_dir, parts["generator"], build_generator, "generator").eval().requires_grad_(False)
+    f = build_part(out_dir, parts["condition_model"], build_condition_model, "condition_model").eval().requires_grad_(False)
     tr = info["translator"]
     make_pairs(g, f, tr["n_pairs"], work_dir, seed=seed, progress=progress)
     times["pairs"] = time.perf_counter() - tick
@@ -74,14 +73,6 @@ def build_world(name: str, out_dir: str | Path, seed: int = 0, work_dir: str | P
                   "torch": torch.__version__, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"},
     })
     return times
-
-
-def _load(part: dict, factory, folder: Path):
-    module = factory(part["family"], part.get("config", {}))
-    if part.get("weights"):
-        load_weights(module, folder / part["weights"])
-    return module.eval().requires_grad_(False)
-
 
 
 __all__ = ["WORLDS", "build_world"]

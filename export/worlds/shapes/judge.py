@@ -64,8 +64,9 @@ class ShapesJudge(WorldJudge):
                          "needs_any": ["shape", "colour"]}}
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> dict[str, tuple[list[str], torch.Tensor]]:
-        """images [N, 3, S, S] in [-1, 1] -> {head: (predicted names, confidences [N])}."""
+    def predict(self, images) -> dict[str, tuple[list[str], torch.Tensor]]:
+        """images [N, 3, S, S] in [-1, 1] (torch or numpy) -> {head: (predicted names, confidences [N])}."""
+        images = torch.as_tensor(images)
         s = self.net.image_size
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, s, s):
             raise ShapeError(f"judge takes images [N, 3, {s}, {s}] in [-1, 1], got {tuple(images.shape)}")
@@ -76,7 +77,7 @@ class ShapesJudge(WorldJudge):
             out[k] = ([names[i] for i in idx.tolist()], conf)
         return out
 
-    def verdicts(self, images: torch.Tensor, prompts: list[str]) -> list[dict]:
+    def verdicts(self, images, prompts: list[str]) -> list[dict]:
         """One dict per image: predicted shape/colour/background, their confidences, what the prompt
         names ("wanted"), and "correct": every named attribute right (a prompt naming neither a shape
         nor a colour is never correct)."""
