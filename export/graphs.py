@@ -29,17 +29,26 @@ class GraphSpec:
 
 
 def graph_specs(p: TorchPipeline) -> list[GraphSpec]:
+    """The pipeline's graphs. Optional ones: text_encoder (text pipelines), image_encoder (CLIP
+    pipelines), image_translator (when trained), and with an aesthetic head the step's extra input
+    aesthetic_weight [1] and the energy graph's extra output aesthetic [B]."""
     batch = {0: BATCH}
     mixture = {0: BATCH, 1: COMPONENTS}
+    translator_io = (("condition",), ("logits", "means", "std"), {"condition": batch})
     specs = []
     if p.condition == "text":
         specs.append(GraphSpec("text_encoder", ("tokens",), ("condition",), {"tokens": batch}))
+    if p.image_conditioning:
+        specs.append(GraphSpec("image_encoder", ("pixels",), ("condition",), {"pixels": batch}))
+    specs.append(GraphSpec("translator", *translator_io))
+    if p.image_translator is not None:
+        specs.append(GraphSpec("image_translator", *translator_io))
+    aesthetic = p.aesthetic is not None
     specs += [
-        GraphSpec("translator", ("condition",), ("logits", "means", "std"), {"condition": batch}),
         GraphSpec("generator", ("latent",), ("images",), {"latent": batch}),
-        GraphSpec("energy", ("latent", "condition", "aug_noise"), ("energy",),
+        GraphSpec("energy", ("latent", "condition", "aug_noise"), ("energy",) + (("aesthetic",) if aesthetic else ()),
                   {"latent": batch, "condition": batch, "aug_noise": {0: BATCH, 1: COPIES}}),
-        GraphSpec("step", STEP_INPUTS, STEP_OUTPUTS,
+        GraphSpec("step", STEP_INPUTS + (("aesthetic_weight",) if aesthetic else ()), STEP_OUTPUTS,
                   {**{n: mixture for n in STATE_NAMES if n != "step"}, "condition": batch,
                    "aug_noise": {0: BATCH, 1: COPIES}, "sgld_noise": mixture}),
     ]
@@ -54,23 +63,39 @@ def graph_function(p: TorchPipeline, name: str):
     def text_encoder(tokens):
         return (p.condition_model.encode_text(tokens),)
 
-    def translator(condition):
-        out = p.translator(condition)
-        return out["logits"], out["means"], out["std"]
+    def image_encoder(pixels):
+        return (p.condition_model.encode_pixels(pixels),)
+
+    def translator_of(module):
+        def translator(condition):
+            out = module(condition)
+            return out["logits"], out["means"], out["std"]
+
+        return translator
 
     def generator(latent):
         return (p.generator(latent),)
 
     def energy_fn(latent, condition, aug_noise):
-        return (energy(latent, condition, aug_noise),)
+        similarity, aesthetic = energy.terms(p.generator(latent), condition, aug_noise)
+        return (-similarity,) if aesthetic is None else (-similarity, aesthetic)
 
     def step(means, logits, velocity, adam_m, adam_v, step, condition, aug_noise, sgld_noise, hparams):
         state = dict(zip(STATE_NAMES, (means, logits, velocity, adam_m, adam_v, step)))
         new, e = langevin_step(energy, state, condition, aug_noise, sgld_noise, hparams, bound)
         return tuple(new[n] for n in STATE_NAMES) + (e,)
 
-    return {"text_encoder": text_encoder, "translator": translator, "generator": generator,
-            "energy": energy_fn, "step": step}[name]
+    def aesthetic_step(means, logits, velocity, adam_m, adam_v, step, condition, aug_noise, sgld_noise, hparams,
+                       aesthetic_weight):  # make_fx traces exactly the arguments a function declares
+        state = dict(zip(STATE_NAMES, (means, logits, velocity, adam_m, adam_v, step)))
+        new, e = langevin_step(energy, state, condition, aug_noise, sgld_noise, hparams, bound, aesthetic_weight)
+        return tuple(new[n] for n in STATE_NAMES) + (e,)
+
+    functions = {"text_encoder": text_encoder, "image_encoder": image_encoder, "translator": translator_of(p.translator),
+                 "generator": generator, "energy": energy_fn, "step": aesthetic_step if p.aesthetic is not None else step}
+    if p.image_translator is not None:
+        functions["image_translator"] = translator_of(p.image_translator)
+    return functions[name]
 
 
 def example_inputs(p: TorchPipeline, name: str, batch: int = 2, copies: int = 3, seed: int = 0) -> dict:
@@ -91,8 +116,11 @@ def example_inputs(p: TorchPipeline, name: str, batch: int = 2, copies: int = 3,
         tokens[torch.arange(batch), lengths] = vocab - 1  # the end token (the highest id) somewhere
         tokens[torch.arange(ctx)[None, :] > lengths[:, None]] = 0
         return {"tokens": tokens}
-    if name == "translator":
+    if name in ("translator", "image_translator"):
         return {"condition": cond}
+    if name == "image_encoder":
+        s = p.condition_model.input_size
+        return {"pixels": torch.rand(batch, 3, s, s, generator=g)}
     if name == "generator":
         return {"latent": p.generator.sample_latent(batch, generator=g)}
     if name == "energy":
@@ -107,6 +135,7 @@ def example_inputs(p: TorchPipeline, name: str, batch: int = 2, copies: int = 3,
         "step": torch.tensor([float(torch.randint(0, 50, (1,), generator=g))]),
         "condition": cond, "aug_noise": aug, "sgld_noise": torch.randn(batch, k, d, generator=g),
         "hparams": torch.tensor([0.1, 0.99, 0.01, 5e-3, 1.0, 1e-8]),
+        **({"aesthetic_weight": torch.rand(1, generator=g) + 0.5} if p.aesthetic is not None else {}),
     }
 
 

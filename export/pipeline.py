@@ -5,6 +5,9 @@ pipeline.json (format "tr0n-rt.pipeline", version 1):
     name, condition ("text" | "class"), classes (class names, class pipelines only),
     generator / condition_model / judge: {"family", "config", "weights" (file name or null)},
     translator: {"config", "weights"}, tokenizer: tokenizer_from_dict() input or null,
+    image_translator: {"config", "weights"} or absent: the translator for CLIP *image* conditions,
+        trained without condition noise (the reference trains a separate one for image conditioning),
+    aesthetic: {"weights"} or absent: a linear aesthetic head on the CLIP image embedding (energy.py),
     augment: AugmentConfig fields, sampling: SamplingConfig fields (the pipeline's defaults).
 """
 from __future__ import annotations
@@ -20,7 +23,7 @@ from tr0n_rt.settings import SamplingConfig
 
 from .augment import AugmentConfig
 from .checkpoints import load_weights
-from .energy import Energy
+from .energy import AestheticHead, Energy
 from .models.registry import build_condition_model, build_generator
 from .translator import TranslatorConfig, TranslatorGMM
 
@@ -30,7 +33,8 @@ REQUIRED = ("name", "condition", "generator", "condition_model", "translator")
 
 
 class TorchPipeline:
-    def __init__(self, folder: Path, spec: dict, generator, condition_model, translator):
+    def __init__(self, folder: Path, spec: dict, generator, condition_model, translator, image_translator=None,
+                 aesthetic: AestheticHead | None = None):
         self.folder = folder
         self.spec = spec
         self.name: str = spec["name"]
@@ -39,6 +43,8 @@ class TorchPipeline:
         self.generator = generator.eval().requires_grad_(False)
         self.condition_model = condition_model.eval().requires_grad_(False)
         self.translator = translator.eval().requires_grad_(False)
+        self.image_translator = image_translator.eval().requires_grad_(False) if image_translator else None
+        self.aesthetic = aesthetic.eval().requires_grad_(False) if aesthetic is not None else None
         if hasattr(self.condition_model, "prepare_for"):
             self.condition_model.prepare_for(self.generator.image_size)
         augment = spec.get("augment") or {}
@@ -51,7 +57,12 @@ class TorchPipeline:
             self.tokenizer = tokenizer_from_dict(spec["tokenizer"])
 
     def energy(self) -> Energy:
-        return Energy(self.generator, self.condition_model, self.augment)
+        return Energy(self.generator, self.condition_model, self.augment, self.aesthetic)
+
+    @property
+    def image_conditioning(self) -> bool:
+        """CLIP pipelines can be conditioned on images (with the image translator when there is one)."""
+        return self.condition_model.kind == "clip"
 
     def judge(self):
         """The world's independent judge, or None."""
@@ -83,9 +94,20 @@ class TorchPipeline:
             raise ConfigError(f"{path} lacks field(s) {', '.join(missing)}")
         generator = build_part(folder, spec["generator"], build_generator, "generator")
         condition_model = build_part(folder, spec["condition_model"], build_condition_model, "condition_model")
-        tr = spec["translator"]
-        translator = load_weights(TranslatorGMM(TranslatorConfig(**tr["config"])), folder / tr["weights"])
-        return cls(folder, spec, generator, condition_model, translator)
+        translator = load_translator(folder, spec["translator"])
+        image_translator = load_translator(folder, spec["image_translator"]) if spec.get("image_translator") else None
+        aesthetic = None
+        if spec.get("aesthetic"):
+            aesthetic = load_weights(AestheticHead(condition_model.cond_dim), folder / spec["aesthetic"]["weights"])
+        return cls(folder, spec, generator, condition_model, translator, image_translator, aesthetic)
+
+
+def load_translator(folder: Path, part: dict) -> TranslatorGMM:
+    try:
+        return load_weights(TranslatorGMM(TranslatorConfig(**part["config"])), folder / part["weights"])
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"translator entry {part!r} of {folder / 'pipeline.json'} is invalid ({e}); "
+                          "rebuild it with `tr0n-rt train`") from None
 
 
 def build_part(folder: Path, part: dict, factory, field: str):
@@ -108,6 +130,9 @@ def write_pipeline(folder: str | Path, parts: dict, translator: TranslatorGMM, a
     for key in ("name", "condition", "classes", "generator", "condition_model", "tokenizer", "judge"):
         spec[key] = parts.get(key)
     spec["translator"] = translator.save(folder)
+    for key in ("image_translator", "aesthetic"):
+        if parts.get(key):
+            spec[key] = parts[key]
     spec["augment"] = {**asdict(augment), "policy": list(augment.policy)}
     spec["sampling"] = sampling.to_dict()
     spec.update(extra or {})

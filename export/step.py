@@ -40,14 +40,24 @@ def clip_per_sample(g: torch.Tensor, max_norm: torch.Tensor) -> torch.Tensor:
     return g * torch.clamp(max_norm / (norm + CLIP_EPS), max=1.0)
 
 
-def energy_and_grads(energy: Energy, means, logits, condition, aug_noise):
+def energy_and_grads(energy: Energy, means, logits, condition, aug_noise, aesthetic_weight=None):
     """E [B] and dE/dmeans, dE/dlogits, computed with autograd (traceable by make_fx)."""
     with torch.enable_grad():
         means = means.detach().requires_grad_(True)
         logits = logits.detach().requires_grad_(True)
-        e = energy(mix(means, logits), condition, aug_noise)
-        g_means, g_logits = torch.autograd.grad(e.sum() * GRAD_SCALE, (means, logits))
-    return e.detach(), g_means / GRAD_SCALE, g_logits / GRAD_SCALE
+        e = energy(mix(means, logits), condition, aug_noise, aesthetic_weight)
+        scale = grad_scale(energy, aesthetic_weight)
+        g_means, g_logits = torch.autograd.grad(e.sum() * scale, (means, logits))
+    return e.detach(), g_means / scale, g_logits / scale
+
+
+def grad_scale(energy: Energy, aesthetic_weight=None):
+    """GRAD_SCALE, or with an aesthetic term GRAD_SCALE / (1 + alpha ||w||): the gradient reaching the
+    image embedding is scale * (c + alpha w) (|c| = 1), so this keeps it below GRAD_SCALE in norm, far
+    from FP16's 65504 (LAION's heads have ||w|| ~ 10-100, and alpha ~ 1 would overflow)."""
+    if aesthetic_weight is None or energy.aesthetic is None:
+        return GRAD_SCALE
+    return GRAD_SCALE / (1 + aesthetic_weight * energy.aesthetic.weight.norm())
 
 
 def langevin_step(
@@ -58,10 +68,15 @@ def langevin_step(
     sgld_noise: torch.Tensor,  # [B, K, D] standard normal
     hparams: torch.Tensor,  # [6]: latent_lr, momentum, noise_std, logits_lr, clip_norm, adam_eps
     bound: float | None = None,
+    aesthetic_weight: torch.Tensor | None = None,  # [1] alpha, pipelines with an aesthetic head only
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One step; returns the new state and E [B] at the state it was given."""
+    """One step; returns the new state and E [B] at the state it was given.
+
+    alpha is its own input, not an hparams entry: the FP16 converter keeps everything reachable from
+    hparams in float32 (the optimizer), and alpha scales the whole backward of the aesthetic term."""
     latent_lr, momentum, noise_std, logits_lr, clip_norm, eps = hparams.unbind(0)
-    e, g_mu, g_pi = energy_and_grads(energy, state["means"], state["logits"], condition, aug_noise)
+    e, g_mu, g_pi = energy_and_grads(energy, state["means"], state["logits"], condition, aug_noise,
+                                     aesthetic_weight)
     g_mu = clip_per_sample(g_mu, clip_norm)
     g_pi = clip_per_sample(g_pi, clip_norm)
 

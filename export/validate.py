@@ -83,14 +83,21 @@ def run_torch(p: TorchPipeline, spec: GraphSpec, feeds) -> list[dict[str, np.nda
 def validate_fp32(p: TorchPipeline, spec: GraphSpec, path: Path) -> dict:
     """polygraphy's Comparator (ONNX Runtime vs torch, median elementwise error within FP32_RTOL) and
     the whole-tensor relative error of every output <= FP32_RTOL; raises ValidationError otherwise."""
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.comparator import Comparator
+
+    try:
+        from polygraphy.comparator import SimpleCompareFunc
+    except ImportError:  # polygraphy < 0.50
+        from polygraphy.comparator import CompareFunc
+
+        SimpleCompareFunc = CompareFunc.simple
     from polygraphy.comparator.struct import IterationResult
 
     feeds = _feeds(p, spec, zero_state=False)
     ref = run_torch(p, spec, feeds)
     results = Comparator.run([onnx_runner(path)], data_loader=[{k: v.numpy() for k, v in x.items()} for x in feeds])
     results.append(("torch", [IterationResult(outputs=r, runner_name="torch") for r in ref]))
-    accepted = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(
+    accepted = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(
         rtol=FP32_RTOL, atol=FP32_RTOL * 1e-2, check_error_stat="median"))
     if not accepted:
         raise ValidationError(f"{path.name}: an output differs from torch (polygraphy Comparator: median "

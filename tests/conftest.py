@@ -13,8 +13,10 @@ TINY_CLIP = {
 WORDS = ["a", "red", "blue", "circle", "square", "on", "white", "background"]
 
 
-def build_tiny_pipeline(folder, condition: str = "text", latent_dim: int = 8, components: int = 3, seed: int = 0):
-    """Writes a random-weight pipeline (DCGAN 16x16 + tiny CLIP or CNN classifier) into folder."""
+def build_tiny_pipeline(folder, condition: str = "text", latent_dim: int = 8, components: int = 3, seed: int = 0,
+                        image_features: bool = False):
+    """Writes a random-weight pipeline (DCGAN 16x16 + tiny CLIP or CNN classifier) into folder;
+    image_features adds an image translator and an aesthetic head (text pipelines)."""
     from tr0n_rt.export.augment import AugmentConfig
     from tr0n_rt.export.checkpoints import save_state
     from tr0n_rt.export.models.registry import build_condition_model, build_generator
@@ -48,6 +50,16 @@ def build_tiny_pipeline(folder, condition: str = "text", latent_dim: int = 8, co
         "generator": {"family": "dcgan", "config": gen_cfg, "weights": "generator.safetensors"},
         "condition_model": {**f_spec, "weights": "condition.safetensors"},
     }
+    if image_features:
+        from tr0n_rt.export.energy import AestheticHead
+
+        t2 = TranslatorGMM(TranslatorConfig(cond_dim=f.cond_dim, latent_dim=latent_dim, num_components=components))
+        with torch.no_grad():
+            t2.means_layer.bias.normal_(0, 1.0)
+        parts["image_translator"] = t2.save(folder, "image_translator")
+        head = AestheticHead(f.cond_dim)
+        save_state(head.state_dict(), folder / "aesthetic.safetensors")
+        parts["aesthetic"] = {"weights": "aesthetic.safetensors"}
     write_pipeline(folder, parts, t, AugmentConfig(), SamplingConfig(steps=5, copies=4))
     return folder
 

@@ -28,7 +28,7 @@ def text_bundle(tiny_text_pipeline, tmp_path_factory):
 
 def test_every_graph_is_exported_validated_and_listed(text_bundle):
     m = json.loads((text_bundle / "manifest.json").read_text())
-    assert set(m["graphs"]) == {"text_encoder", "translator", "generator", "energy", "step"}
+    assert set(m["graphs"]) == {"text_encoder", "image_encoder", "translator", "generator", "energy", "step"}
     for name, report in m["export"]["graphs"].items():
         assert report["fp32"]["max_rel_err"] <= 1e-4, (name, report)
         assert set(m["graphs"][name]["files"]) == {"fp32", "fp16"}
@@ -59,8 +59,8 @@ def test_a_gradient_frozen_into_a_constant_is_caught(tiny_text_pipeline, tmp_pat
     real = step_mod.energy_and_grads
     frozen = {}
 
-    def constant_gradient(energy, means, logits, condition, aug_noise):
-        e, gm, gl = real(energy, means, logits, condition, aug_noise)
+    def constant_gradient(energy, means, logits, condition, aug_noise, aesthetic_weight=None):
+        e, gm, gl = real(energy, means, logits, condition, aug_noise, aesthetic_weight)
         if "g" not in frozen:  # the first (example) call's gradient becomes a constant
             frozen["g"] = (torch.randn(gm.shape[1:]), torch.randn(gl.shape[1:]))
         return e, frozen["g"][0].expand_as(means), frozen["g"][1].expand_as(logits)

@@ -13,6 +13,9 @@ A bundle is a folder with `manifest.json` and the files it lists:
     sampling        default SamplingConfig fields
     graphs          {name: {"files": {"fp32": file, "fp16": file?}, "inputs": {tensor: {"dtype", "shape"}},
                             "outputs": {...}}}              shapes use "batch"/"copies" for dynamic axes
+    image_input     {"size": S, "mean": [3], "std": [3], "resize", "crop"} | null: how a user's image becomes
+                    the image_encoder graph's pixels (CLIP pipelines)
+    aesthetic       {"dim": d_c} | null: the step graph takes aesthetic_weight, the energy graph returns aesthetic
     judge           the world's independent judge as judge.onnx + its prompt rule | null (tr0n_rt/judge.py)
     files           {file: {"sha256": hex, "bytes": n}}     every file the bundle needs, checked on load
     export          exporter, opset, library versions, validation figures (informational)
@@ -122,6 +125,18 @@ def load_bundle(folder: str | Path, verify: bool = True) -> Bundle:
                 raise BundleError(f"{path}: {name} (graphs.{g}.files.{prec}) is not listed in field 'files'")
         _field(m, f"graphs.{g}.inputs", dict, path)
         _field(m, f"graphs.{g}.outputs", dict, path)
+    if "image_encoder" in graphs:
+        size = _field(m, "image_input.size", int, path)
+        for key in ("mean", "std"):
+            v = _field(m, f"image_input.{key}", list, path)
+            if len(v) != 3 or not all(isinstance(x, (int, float)) for x in v):
+                raise BundleError(f"{path}: field 'image_input.{key}' must be 3 numbers, got {v!r}")
+        if size <= 0:
+            raise BundleError(f"{path}: field 'image_input.size' must be > 0, got {size}")
+    takes_alpha = "aesthetic_weight" in _field(m, "graphs.step.inputs", dict, path)
+    if takes_alpha != bool(m.get("aesthetic")):
+        raise BundleError(f"{path}: field 'aesthetic' is {m.get('aesthetic')!r} but the step graph "
+                          f"{'takes' if takes_alpha else 'lacks'} input aesthetic_weight; re-export the bundle")
     try:
         sampling = SamplingConfig(**_field(m, "sampling", dict, path))
     except (TypeError, ConfigError) as e:
@@ -132,6 +147,8 @@ def load_bundle(folder: str | Path, verify: bool = True) -> Bundle:
         image_size=_field(m, "image.size", int, path), channels=_field(m, "image.channels", int, path),
         latent_bounds=m["latent"].get("bounds"),
         tokenizer=m.get("tokenizer"), classes=m["condition"].get("classes"), sampling=sampling,
+        image_input=m.get("image_input") if "image_encoder" in graphs else None,
+        image_translator="image_translator" in graphs, aesthetic=bool(m.get("aesthetic")),
     )
     if verify:
         verify_files(folder, files)

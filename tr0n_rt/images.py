@@ -48,3 +48,45 @@ def grid(images: np.ndarray, captions: list[str], columns: int) -> Image.Image:
         sheet.paste(to_pil(img, scale), (c * cw, r * (cell + text_h) + text_h))
         draw.text((c * cw + 2, r * (cell + text_h) + 1), cap[: max(4, cw // 6)], fill="black")
     return sheet
+
+
+# --- images in: a user's image as the CLIP image encoder's input ----------------------------------------
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def image_files(path: str | Path) -> list[Path]:
+    """A file, or every image file of a folder (sorted by name)."""
+    from .errors import PromptError
+
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise PromptError(f"folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        return files
+    if not path.is_file():
+        raise PromptError(f"image {path} does not exist: give an image file or a folder of images")
+    return [path]
+
+
+def clip_pixels(image: str | Path | Image.Image, size: int) -> np.ndarray:
+    """An image -> [3, size, size] float32 in [0, 1], as open_clip's eval transform prepares it: resize
+    the shorter side to `size` (bicubic; the longer side truncated to int, as torchvision), centre crop
+    (offsets rounded as torchvision), convert to RGB. The image_encoder graph then applies mean/std."""
+    from .errors import PromptError
+
+    if not isinstance(image, Image.Image):
+        try:
+            with Image.open(image) as f:
+                image = f.copy()
+        except (OSError, ValueError) as e:
+            raise PromptError(f"cannot read image {image}: {e}; give a PNG, JPEG or WebP file") from None
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    new_w, new_h = (size, new_long) if w <= h else (new_long, size)
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), Image.BICUBIC)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    image = image.crop((left, top, left + size, top + size)).convert("RGB")
+    return np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends.base import STATE_NAMES, Backend
-from .errors import PromptError, ShapeError
+from .errors import ConfigError, PromptError, ShapeError
 from .settings import SamplingConfig
 
 AUG_DIM = 8
@@ -24,11 +24,12 @@ IDENTITY_AUG = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 2.0, 2.0], dtype=np.float
 class SampleBatch:
     images: np.ndarray  # [B, C, H, W] float32 in [-1, 1]
     latents: np.ndarray  # [B, D] the latent fed to G
-    energies: np.ndarray  # [B] energy of the final latent (nan when T = 0)
+    energies: np.ndarray  # [B] energy of the final latent, similarity term only (nan when T = 0)
     energy_trace: np.ndarray  # [T, B] energy at each step's input state
     seeds: list[int]
     config: SamplingConfig
     seconds: dict[str, float] = field(default_factory=dict)  # per stage, for the whole batch
+    aesthetic: np.ndarray | None = None  # [B] aesthetic score of the final latent (pipelines with a head, T > 0)
 
 
 def softmax(x: np.ndarray, axis: int) -> np.ndarray:
@@ -73,6 +74,29 @@ class Sampler:
             c[i, self.class_index(cls)] = 1.0
         return c
 
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        """pixels [N, 3, S, S] in [0, 1] (images.clip_pixels) -> conditions [N, d_c] (CLIP image embedding)."""
+        if not self.info.image_input:
+            raise PromptError(f"pipeline {self.info.name!r} takes no image conditions (its condition model is not "
+                              "CLIP, or its bundle was exported without an image_encoder graph: re-export it)")
+        out = self.backend.run("image_encoder", {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})
+        return self.backend.to_host(out["condition"]).astype(np.float32)
+
+    def image_conditions(self, paths) -> tuple[np.ndarray, list]:
+        """Image files (or folders of them) -> (conditions [N, d_c], the files in order)."""
+        from .images import clip_pixels, image_files
+
+        if not self.info.image_input:
+            self.encode_images(np.zeros((0, 3, 1, 1), np.float32))  # raises the explanatory error
+        files = [f for p in paths for f in image_files(p)]
+        size = self.info.image_input["size"]
+        return self.encode_images(np.stack([clip_pixels(f, size) for f in files])), files
+
+    @property
+    def image_translator(self) -> str:
+        """The translator graph for image conditions: the one trained without condition noise when there is one."""
+        return "image_translator" if self.info.image_translator else "translator"
+
     def class_index(self, cls: str | int) -> int:
         names = self.info.classes or []
         key = str(cls).strip().lower()
@@ -89,9 +113,14 @@ class Sampler:
         return self.encode_text(queries)
 
     # --- sampling ------------------------------------------------------------------------------
-    def sample(self, conditions: np.ndarray, seeds: list[int], config: SamplingConfig | None = None) -> SampleBatch:
-        """conditions [B, d_c] float32, one seed per row -> images."""
+    def sample(self, conditions: np.ndarray, seeds: list[int], config: SamplingConfig | None = None,
+               translator: str = "translator") -> SampleBatch:
+        """conditions [B, d_c] float32, one seed per row -> images. translator: the graph that maps
+        conditions to the initial mixture (self.image_translator for image conditions)."""
         cfg = config or self.config
+        if cfg.aesthetic_weight and not self.info.aesthetic:
+            raise ConfigError(f"aesthetic_weight {cfg.aesthetic_weight} needs an aesthetic head, and pipeline "
+                              f"{self.info.name!r} has none: add one (pipeline.json 'aesthetic') and re-export")
         conditions = np.ascontiguousarray(conditions, dtype=np.float32)
         if conditions.ndim != 2 or conditions.shape[1] != self.info.cond_dim:
             raise ShapeError(f"conditions have shape {conditions.shape}, expected [batch, {self.info.cond_dim}]")
@@ -108,7 +137,7 @@ class Sampler:
                 means = np.clip(means, -self.info.latent_bounds, self.info.latent_bounds)
             logits = np.zeros_like(means)
         else:
-            tr = be.run("translator", {"condition": conditions})
+            tr = be.run(translator, {"condition": conditions})
             logits, means, std = (be.to_host(tr[k]) for k in ("logits", "means", "std"))
             means, logits = self._initial_mixture(cfg, rngs, logits, means, std)
         seconds["translate"] = time.perf_counter() - tick
@@ -122,11 +151,13 @@ class Sampler:
             state = {"means": means, "logits": logits, "velocity": zeros, "adam_m": zeros, "adam_v": zeros,
                      "step": np.zeros(1, np.float32)}
             state = {k: be.to_device(v) for k, v in state.items()}
+            fixed = {"condition": c_dev, "hparams": hp}
+            if self.info.aesthetic:
+                fixed["aesthetic_weight"] = be.to_device(np.array([cfg.aesthetic_weight], np.float32))
             energies = []
             for _ in range(cfg.steps):
                 aug, noise = self._step_noise(rngs, cfg.copies, means.shape[1])
-                out = be.run("step", {**state, "condition": c_dev, "aug_noise": aug, "sgld_noise": noise,
-                                      "hparams": hp})
+                out = be.run("step", {**state, **fixed, "aug_noise": aug, "sgld_noise": noise})
                 state = {n: out[f"{n}_next"] for n in STATE_NAMES}
                 energies.append(out["energy"])
             trace = np.stack([be.to_host(e) for e in energies]).astype(np.float32)
@@ -137,18 +168,20 @@ class Sampler:
         be.synchronize()
         seconds["langevin"] = time.perf_counter() - tick
 
-        final = np.full(b, np.nan, dtype=np.float32)
+        final, aesthetic = np.full(b, np.nan, dtype=np.float32), None
         if cfg.steps:
             tick = time.perf_counter()
             aug = self._step_noise(rngs, cfg.copies, 0)[0]
             e = be.run("energy", {"latent": latents, "condition": conditions, "aug_noise": aug})
             final = be.to_host(e["energy"]).astype(np.float32)
+            if "aesthetic" in e:
+                aesthetic = be.to_host(e["aesthetic"]).astype(np.float32)
             seconds["final_energy"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
         images = be.to_host(be.run("generator", {"latent": latents})["images"]).astype(np.float32)
         seconds["decode"] = time.perf_counter() - tick
-        return SampleBatch(images, latents, final, trace, [int(s) for s in seeds], cfg, seconds)
+        return SampleBatch(images, latents, final, trace, [int(s) for s in seeds], cfg, seconds, aesthetic)
 
     def _initial_mixture(self, cfg, rngs, logits, means, std):
         """Translator outputs -> the state's means and per-dimension logits, [B, K', D] each.

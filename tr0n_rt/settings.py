@@ -29,6 +29,7 @@ class SamplingConfig:
     clip_norm: float = 1.0  # per-sample gradient norm clip, means and logits separately
     adam_eps: float = 1e-8  # Adam's epsilon (torch's default); an input, not a constant, of the step graph
     init: str = "translator"  # "prior": start Langevin from z ~ p(z) instead (the no-translator baseline)
+    aesthetic_weight: float = 0.0  # alpha of the aesthetic term (pipelines with an aesthetic head only)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -37,6 +38,8 @@ class SamplingConfig:
             raise ConfigError(f"unknown init {self.init!r}; use one of: {', '.join(INITS)}")
         if self.steps < 0 or self.copies < 0:
             raise ConfigError(f"steps and copies must be >= 0 (got steps={self.steps}, copies={self.copies})")
+        if self.aesthetic_weight < 0:
+            raise ConfigError(f"aesthetic_weight must be >= 0, got {self.aesthetic_weight}")
         if self.clip_norm <= 0:
             raise ConfigError(f"clip_norm must be > 0, got {self.clip_norm}")
 

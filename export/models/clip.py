@@ -97,6 +97,11 @@ class OpenClipModel(TextConditionModel):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.clip.encode_image(self.preprocess(images)), dim=-1)
 
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """A user's image, already resized and centre-cropped to the encoder's size as open_clip's eval
+        transform does (tr0n_rt.images.clip_pixels): pixels [N, 3, S, S] in [0, 1] -> c [N, cond_dim]."""
+        return F.normalize(self.clip.encode_image((pixels - self.mean) / self.std), dim=-1)
+
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.clip.encode_text(tokens), dim=-1)
 

@@ -64,6 +64,10 @@ def build_world(name: str, out_dir: str | Path, seed: int = 0, work_dir: str | P
     translator, history = train_translator(z, c, config, train, progress=progress)
     times["translator"] = time.perf_counter() - tick
 
+    tick = time.perf_counter()
+    parts.update(build_image_features(name, out_dir, f, z, c, config, seed, progress))
+    times["image_features"] = time.perf_counter() - tick
+
     prompts = parts.pop("prompts", None)
     if prompts:
         write_bytes(out_dir / "prompts.txt", ("\n".join(prompts) + "\n").encode())
@@ -75,4 +79,44 @@ def build_world(name: str, out_dir: str | Path, seed: int = 0, work_dir: str | P
     return times
 
 
-__all__ = ["WORLDS", "build_world"]
+def build_image_features(name: str, out_dir: Path, f, z, c, config: TranslatorConfig, seed: int,
+                         progress: bool = True) -> dict:
+    """The parts behind image conditioning and the aesthetic term, for CLIP worlds: an image translator
+    trained on the same pairs without condition noise (c is then exactly an image embedding, as at
+    sampling time), and the world's aesthetic head if it has one. Returns pipeline.json entries."""
+    if f.kind != "clip":
+        return {}
+    train = TrainConfig(**{**WORLD_TRAIN.__dict__, "condition_noise": 0.0, "seed": seed})
+    image_translator, history = train_translator(z, c, config, train, progress=progress)
+    out = {"image_translator": image_translator.save(out_dir, "image_translator")}
+    build = importlib.import_module(f"{__package__}.{name}.build")
+    if hasattr(build, "build_aesthetic"):
+        out["aesthetic"] = build.build_aesthetic(out_dir, f, seed)
+    return out
+
+
+def add_image_features(name: str, out_dir: str | Path, seed: int = 0, work_dir: str | Path | None = None,
+                       progress: bool = True) -> dict:
+    """Adds image_translator and aesthetic to an already built world (the same stage build_world runs,
+    on the same pairs, without retraining its models); rewrites pipeline.json."""
+    import json
+
+    from tr0n_rt.atomic import write_json
+
+    out_dir = Path(out_dir)
+    spec = json.loads((out_dir / "pipeline.json").read_text())
+    work_dir = Path(work_dir) if work_dir else out_dir.parent / ".cache" / f"{name}-pairs-seed{seed}"
+    g = build_part(out_dir, spec["generator"], build_generator, "generator").eval().requires_grad_(False)
+    f = build_part(out_dir, spec["condition_model"], build_condition_model, "condition_model").eval().requires_grad_(False)
+    make_pairs(g, f, importlib.import_module(f"{__package__}.{name}.build").WORLD_INFO["translator"]["n_pairs"],
+               work_dir, seed=seed, progress=progress)
+    z, c, _ = load_pairs(work_dir)
+    tick = time.perf_counter()
+    parts = build_image_features(name, out_dir, f, z, c, TranslatorConfig(**spec["translator"]["config"]), seed, progress)
+    spec.update(parts)
+    spec.setdefault("build", {}).setdefault("seconds", {})["image_features"] = round(time.perf_counter() - tick, 1)
+    write_json(out_dir / "pipeline.json", spec)
+    return parts
+
+
+__all__ = ["WORLDS", "build_world", "add_image_features"]

@@ -2,13 +2,17 @@
 
 Graphs (names, inputs -> outputs; B = batch, K = mixture components, D = latent size, A = copies):
     text_encoder  tokens int64 [B, L]                                  -> condition [B, d_c]
+    image_encoder pixels [B, 3, S, S] in [0, 1] (resized + cropped)    -> condition [B, d_c]
     translator    condition [B, d_c]                                   -> logits [B, K], means [B, K, D], std [D]
+    image_translator  as translator, trained on image embeddings without condition noise
     step          means, logits, velocity, adam_m, adam_v [B, K, D], step [1],
                   condition [B, d_c], aug_noise [B, A, 8], sgld_noise [B, K, D], hparams [6]
-                                                                       -> <state>_next ..., energy [B]
-    energy        latent [B, D], condition [B, d_c], aug_noise [B, A, 8] -> energy [B]
+                  (+ aesthetic_weight [1] with an aesthetic head)      -> <state>_next ..., energy [B]
+    energy        latent [B, D], condition [B, d_c], aug_noise [B, A, 8] -> energy [B] (similarity term only)
+                                                                          (+ aesthetic [B] with a head)
     generator     latent [B, D]                                        -> images [B, C, H, W] in [-1, 1]
-All floating tensors are float32 at the interface (FP16 lives inside engines).
+All floating tensors are float32 at the interface (FP16 lives inside engines). Graphs beyond
+translator, step, energy and generator are optional (text_encoder: text pipelines).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import numpy as np
 from ..settings import SamplingConfig
 
 STATE_NAMES = ("means", "logits", "velocity", "adam_m", "adam_v", "step")
-GRAPHS = ("text_encoder", "translator", "step", "energy", "generator")
+GRAPHS = ("text_encoder", "image_encoder", "translator", "image_translator", "step", "energy", "generator")
 
 
 @dataclass
@@ -38,6 +42,9 @@ class PipelineInfo:
     tokenizer: dict | None = None
     classes: list[str] | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    image_input: dict | None = None  # {"size", "mean", "std", ...}: CLIP pipelines take image conditions
+    image_translator: bool = False  # a separate translator for image conditions
+    aesthetic: bool = False  # an aesthetic head: step takes aesthetic_weight, energy returns aesthetic
 
 
 class Backend(ABC):

@@ -35,7 +35,6 @@ from .onnxruntime import check_io, check_shape
 
 AXES = ("batch", "copies", "components")
 STEP_STATE = {n: f"{n}_next" for n in STATE_NAMES}
-STEP_FIXED_INPUTS = ("condition", "aug_noise", "sgld_noise", "hparams")
 REBUILD = "rebuild with `tr0n-rt build {bundle}`"
 
 
@@ -300,7 +299,8 @@ class TrtBackend(Backend):
             inputs, outputs = bundle.io("step")
             batched = {n for n, s in {**inputs, **outputs}.items() if s["shape"][:1] == ["batch"]}
             guard = fp16_guard and precision == "fp16"
-            self.step = StepGraphs(device, STEP_STATE, STEP_FIXED_INPUTS, ("energy",), batched,
+            fixed = tuple(n for n in inputs if n not in STEP_STATE)  # condition, noise, hparams (, aesthetic_weight)
+            self.step = StepGraphs(device, STEP_STATE, fixed, ("energy",), batched,
                                    prepare=self._prepare_step, alloc=self._step_specs, use_graphs=cuda_graphs,
                                    check=(lambda out: device.all_finite(list(out.values()))) if guard else None,
                                    fallback=self._fp32_step if guard else None)

@@ -38,7 +38,10 @@ class TorchBackend(Backend):
             latent_dim=p.generator.latent.dim, num_components=p.translator.config.num_components,
             image_size=p.generator.image_size, channels=p.generator.channels, latent_bounds=self.bound,
             tokenizer=p.spec.get("tokenizer"), classes=p.classes, sampling=p.sampling,
+            image_input=clip_image_input(p.condition_model) if p.image_conditioning else None,
+            image_translator=p.image_translator is not None, aesthetic=p.aesthetic is not None,
         )
+        self.step_inputs = STEP_INPUTS + (("aesthetic_weight",) if p.aesthetic is not None else ())
         self.step_graphs = TorchStepGraphs(self) if cuda_graphs and self.device.type == "cuda" else None
 
     @classmethod
@@ -74,13 +77,16 @@ class TorchBackend(Backend):
         with self.torch.no_grad():
             if graph == "text_encoder":
                 return {"condition": p.condition_model.encode_text(t["tokens"])}
-            if graph == "translator":
-                out = p.translator(t["condition"])
+            if graph == "image_encoder" and p.image_conditioning:
+                return {"condition": p.condition_model.encode_pixels(t["pixels"])}
+            if graph == "translator" or (graph == "image_translator" and p.image_translator is not None):
+                out = (p.translator if graph == "translator" else p.image_translator)(t["condition"])
                 return {k: out[k] for k in ("logits", "means", "std")}
             if graph == "generator":
                 return {"images": p.generator(t["latent"])}
             if graph == "energy":
-                return {"energy": self.energy(t["latent"], t["condition"], t["aug_noise"])}
+                similarity, aesthetic = self.energy.terms(p.generator(t["latent"]), t["condition"], t["aug_noise"])
+                return {"energy": -similarity, **({"aesthetic": aesthetic} if aesthetic is not None else {})}
             if graph == "step":
                 return self.step_graphs.run(t) if self.step_graphs is not None else self.eager_step(t)
         raise BackendError(f"the torch backend has no graph {graph!r}")
@@ -90,7 +96,7 @@ class TorchBackend(Backend):
 
         state = {n: t[n] for n in STATE_NAMES}
         new, e = langevin_step(self.energy, state, t["condition"], t["aug_noise"], t["sgld_noise"], t["hparams"],
-                               bound=self.bound)
+                               bound=self.bound, aesthetic_weight=t.get("aesthetic_weight"))
         return {**{f"{n}_next": new[n] for n in STATE_NAMES}, "energy": e}
 
     @property
@@ -100,6 +106,12 @@ class TorchBackend(Backend):
 
 
 STEP_INPUTS = STATE_NAMES + ("condition", "aug_noise", "sgld_noise", "hparams")
+
+
+def clip_image_input(model) -> dict:
+    """How a user's image becomes the image_encoder's pixels (tr0n_rt.images.clip_pixels)."""
+    return {"size": int(model.input_size), "mean": [float(v) for v in model.mean.flatten()],
+            "std": [float(v) for v in model.std.flatten()], "resize": "shortest side, bicubic", "crop": "center"}
 
 
 class TorchStepGraphs:
@@ -119,12 +131,13 @@ class TorchStepGraphs:
         from ..export.step import langevin_step
 
         torch, be = self.backend.torch, self.backend
-        static = {n: like[n].clone() for n in STEP_INPUTS}  # warm-up on the first call's own data
+        static = {n: like[n].clone() for n in be.step_inputs}  # warm-up on the first call's own data
         energy = torch.zeros(like["means"].shape[0], dtype=like["means"].dtype, device=be.device)
 
         def step():
             new, e = langevin_step(be.energy, {n: static[n] for n in STATE_NAMES}, static["condition"],
-                                   static["aug_noise"], static["sgld_noise"], static["hparams"], bound=be.bound)
+                                   static["aug_noise"], static["sgld_noise"], static["hparams"], bound=be.bound,
+                                   aesthetic_weight=static.get("aesthetic_weight"))
             for n in STATE_NAMES:
                 static[n].copy_(new[n])
             energy.copy_(e)
@@ -150,7 +163,7 @@ class TorchStepGraphs:
             self.stats.eager += 1
             return self.backend.eager_step(t)
         copied = False
-        for n in STEP_INPUTS:
+        for n in self.backend.step_inputs:
             x = t[n]
             if x.data_ptr() != static[n].data_ptr() or x.shape != static[n].shape:
                 static[n].copy_(x)

@@ -253,3 +253,13 @@ def build_models(out_dir: Path, seed: int = 0, progress: bool = True, clip_steps
         "condition": "text",
         "prompts": data.evaluation_prompts(),
     }
+
+
+def build_aesthetic(out_dir: Path, condition_model, seed: int = 0) -> dict:
+    """Fits the world's size-loving aesthetic head (aesthetic.py) and writes aesthetic.safetensors."""
+    from .aesthetic import fit_size_head
+
+    head, fit = fit_size_head(condition_model, seed=seed + 4242)
+    save_state(head.state_dict(), Path(out_dir) / "aesthetic.safetensors")
+    return {"weights": "aesthetic.safetensors", "kind": "linear head on the CLIP image embedding",
+            "taste": "larger shapes (standardised radius)", "fit": fit}

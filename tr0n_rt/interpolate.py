@@ -1,0 +1,39 @@
+"""Semantic interpolation between two conditions (the reference's interpolation evaluators).
+
+CLIP embeddings are interpolated on the sphere (slerp), as the reference does between two images'
+embeddings; class distributions linearly (a mixture of the two classes). t = 0 and t = 1 give the two
+conditions themselves, so a strip's ends are ordinary samples of its endpoints.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ConfigError, ShapeError
+
+
+def slerp(c0: np.ndarray, c1: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """c0, c1 [d], t [n] in [0, 1] -> [n, d]: sin((1-t) w)/sin w c0 + sin(t w)/sin w c1, with w the angle
+    between c0 and c1 (their norms are kept, as the reference's _slerp); linear when w ~ 0."""
+    c0, c1 = np.asarray(c0, np.float64), np.asarray(c1, np.float64)
+    t = np.asarray(t, np.float64)[:, None]
+    cos = np.clip(c0 @ c1 / max(np.linalg.norm(c0) * np.linalg.norm(c1), 1e-30), -1.0, 1.0)
+    omega = np.arccos(cos)
+    if np.sin(omega) < 1e-6:
+        return ((1 - t) * c0 + t * c1).astype(np.float32)
+    return ((np.sin((1 - t) * omega) * c0 + np.sin(t * omega) * c1) / np.sin(omega)).astype(np.float32)
+
+
+def interpolate(c0: np.ndarray, c1: np.ndarray, n: int, kind: str) -> np.ndarray:
+    """n >= 2 conditions from c0 to c1 (endpoints included): [n, d]. kind: "text" or "image" (CLIP
+    embeddings, slerp) or "class" (class distributions, linear)."""
+    if n < 2:
+        raise ConfigError(f"--interpolate needs at least 2 points (the two endpoints), got {n}")
+    if np.shape(c0) != np.shape(c1) or np.ndim(c0) != 1:
+        raise ShapeError(f"endpoints have shapes {np.shape(c0)} and {np.shape(c1)}; give two conditions of one size")
+    t = np.linspace(0.0, 1.0, n)
+    if kind == "class":
+        out = ((1 - t)[:, None] * c0 + t[:, None] * c1).astype(np.float32)
+    else:
+        out = slerp(c0, c1, t)
+    out[0], out[-1] = c0, c1  # the endpoints bit for bit (no rounding through float64 trigonometry)
+    return out
