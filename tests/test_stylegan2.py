@@ -1,5 +1,6 @@
 """The StyleGAN2 generator family (W space): shapes, the unfused == fused modulated conv, FIR resampling,
-determinism, batch invariance, the mapping prior, config round trip, and the traced gradient in ONNX."""
+determinism, batch invariance, the mapping prior, config round trip, NVIDIA's conv_clamp, and the traced gradient
+in ONNX."""
 import numpy as np
 import pytest
 import torch
@@ -142,6 +143,98 @@ def test_config_round_trip_through_registry():
         assert torch.equal(again.eval()(w), g(w))
 
 
+def layer_outputs(g: StyleGAN2Generator, w: torch.Tensor, fused: bool = False) -> dict[str, torch.Tensor]:
+    """{name: output} of every SynthesisLayer and ToRGB in one synthesis pass."""
+    out, hooks = {}, []
+    for name, m in g.synthesis.named_modules():
+        if name.endswith(("conv0", "conv1", "torgb")):
+            hooks.append(m.register_forward_hook(lambda m, i, o, name=name: out.__setitem__(name, o)))
+    try:
+        with torch.no_grad():
+            g.synthesis(w, fused)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+def test_conv_clamp_default_is_off_and_leaves_config_and_outputs_unchanged():
+    g = small_generator()
+    assert "conv_clamp" not in g.config() and g.synthesis.b8.conv1.conv_clamp is None
+    loose = small_generator(conv_clamp=1e6)  # set, but far above every activation: the same numbers
+    assert loose.config()["conv_clamp"] == 1e6
+    w = latents(g, 3)
+    with torch.no_grad():
+        assert torch.equal(loose.synthesis(w), g.synthesis(w))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_conv_clamp_clamps_every_layer_and_torgb_output_after_the_activation(fused):
+    """NVIDIA's bias_act order: bias, leaky ReLU, gain sqrt 2, then clamp to +-conv_clamp (ToRGB: bias, clamp).
+    Each layer of the clamped generator, fed the same input, equals the unclamped layer's output clamped."""
+    clamp = 0.5
+    g, c = small_generator(seed=4), small_generator(seed=4, conv_clamp=clamp)
+    assert c.config()["conv_clamp"] == clamp and c.synthesis.b16.torgb.conv_clamp == clamp
+    w = latents(g, 2)
+    outs = layer_outputs(c, w, fused)
+    assert len(outs) == 3 * 4 - 1  # b4 has no conv0
+    triggered = set()
+    for name, got in outs.items():
+        assert got.abs().max() <= clamp, name
+        layer = c.synthesis.get_submodule(name)
+        block = c.synthesis.get_submodule(name.split(".")[0])
+        if name.endswith("conv0"):
+            x = outs[f"b{block.resolution // 2}.conv1"]
+        elif name.endswith("conv1"):
+            x = block.const[None] if block.resolution == 4 else outs[name.replace("conv1", "conv0")]
+        else:
+            x = outs[name.replace("torgb", "conv1")]
+        with torch.no_grad():
+            raw = g.synthesis.get_submodule(name)(x, w, fused)  # same weights, no clamp
+            assert torch.equal(layer(x, w, fused), raw.clamp(-clamp, clamp)), name
+        if raw.abs().max() > clamp:
+            triggered.add(name.rsplit(".", 1)[1])
+    assert triggered == {"conv0", "conv1", "torgb"}  # the clamp really acted on every kind of layer
+    with torch.no_grad():
+        assert not torch.allclose(c.synthesis(w), g.synthesis(w), atol=1e-3)
+        # the RGB skip sum is not clamped: with 4 blocks adding up, the raw image exceeds one ToRGB's range
+        assert c.synthesis(w).abs().max() > clamp
+
+
+def test_conv_clamp_round_trips_through_the_registry_and_bad_values_are_refused():
+    g = small_generator(conv_clamp=256)
+    assert g.config()["conv_clamp"] == 256.0 and type(g.config()["conv_clamp"]) is float
+    again = build_generator("stylegan2", g.config())
+    assert again.config() == g.config() and again.synthesis.b32.conv0.conv_clamp == 256.0
+    for bad in (0, -1.0, float("inf"), float("nan"), "256", True):
+        with pytest.raises(ConfigError, match="conv_clamp"):
+            StyleGAN2Generator(**SMALL, conv_clamp=bad)
+
+
+def test_clamped_gradient_traces_with_make_fx_and_matches_eager():
+    """The clamp's backward (a where/mask) traces into the plain graph the ONNX export takes."""
+    from tr0n_rt.export.gradient import trace
+
+    g = small_generator(conv_clamp=0.5)
+
+    def energy_and_grad(w):
+        with torch.enable_grad():
+            w = w.detach().requires_grad_(True)
+            e = g(w).square().mean(dim=(1, 2, 3))
+            (grad,) = torch.autograd.grad(e.sum(), w)
+        return e.detach(), grad
+
+    gm = trace(energy_and_grad, (latents(g, 2),))
+    ops = [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+    # G's final [-1, 1] clamp + one per synthesis layer and ToRGB (11), each with its masked backward
+    assert ops.count("aten.clamp.default") == 12 and ops.count("aten.where.self") >= 12, sorted(set(ops))
+    for batch in (1, 3):
+        w = latents(g, batch, seed=batch + 10)
+        (e_ref, g_ref), (e, grad) = energy_and_grad(w), gm(w)
+        assert grad.shape == (batch, 16) and g_ref.abs().sum() > 0
+        assert rel_err(e, e_ref) <= 1e-5 and rel_err(grad, g_ref) <= 1e-5
+
+
 def test_config_f_widths():
     assert [channels_at(2 ** k, 32768, 512) for k in range(2, 11)] == [512] * 5 + [256, 128, 64, 32]
     g = StyleGAN2Generator(resolution=256, mapping_layers=1, noise="none")
@@ -165,9 +258,11 @@ def test_rejects_bad_configs_and_latents():
 
 
 @pytest.mark.slow
-def test_traced_gradient_exports_with_a_dynamic_batch(tmp_path):
+@pytest.mark.parametrize("conv_clamp", [None, 0.5])
+def test_traced_gradient_exports_with_a_dynamic_batch(tmp_path, conv_clamp):
     """E(w) = mean of G(w)^2 per sample and dE/dw, traced with autograd and exported once, match torch
-    under ONNX Runtime at batch 1 and 4; the graph has no index ops and no per-sample (batch) groups."""
+    under ONNX Runtime at batch 1 and 4; the graph has no index ops and no per-sample (batch) groups.
+    With conv_clamp (small enough to act), the clamp exports as Clip and its masked backward agrees too."""
     import onnx
     import onnxruntime as ort
     from torch.export import Dim
@@ -175,7 +270,7 @@ def test_traced_gradient_exports_with_a_dynamic_batch(tmp_path):
     from tr0n_rt.export.gradient import trace
     from tr0n_rt.export.onnx_fixes import expanded_weight_reads, scatter_gather_nd
 
-    g = small_generator()
+    g = small_generator(conv_clamp=conv_clamp)
 
     def energy_and_grad(w):
         with torch.enable_grad():
@@ -185,6 +280,9 @@ def test_traced_gradient_exports_with_a_dynamic_batch(tmp_path):
         return e.detach(), grad
 
     example = latents(g, 2)
+    if conv_clamp is not None:
+        unclamped = small_generator()
+        assert any(o.abs().max() > conv_clamp for o in layer_outputs(unclamped, example).values())
     gm = trace(energy_and_grad, (example,)).eval()
     path = tmp_path / "stylegan2_grad.onnx"
     torch.onnx.export(gm, (example,), str(path), dynamo=True, dynamic_shapes=({0: Dim("batch", min=1, max=4096)},),
@@ -197,6 +295,8 @@ def test_traced_gradient_exports_with_a_dynamic_batch(tmp_path):
     convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
     groups = {a.i for n in convs for a in n.attribute if a.name == "group"}
     assert convs and groups <= widths, groups  # 1 (dense), 3 (RGB skip) or a channel count (blur)
+    clips = [n for n in model.graph.node if n.op_type == "Clip"]
+    assert len(clips) == (1 if conv_clamp is None else 1 + 3 * 4 - 1), len(clips)  # G's [-1, 1], + 11 layers
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch, seed in ((1, 5), (4, 6)):

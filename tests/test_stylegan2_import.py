@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from tr0n_rt.errors import CheckpointError
-from tr0n_rt.export.models.stylegan2_import import (import_rosinality, infer_config, load_rosinality_state,
-                                                    to_rosinality)
+from tr0n_rt.export.models.stylegan2_import import (import_rosinality, import_stylegan2, infer_config,
+                                                    load_rosinality_state, to_rosinality)
 
 from .test_stylegan2 import SMALL, latents, small_generator, upfirdn2d_reference
 
@@ -126,6 +126,55 @@ def test_a_different_fir_filter_is_refused():
     sd["to_rgbs.1.upsample.kernel"] = torch.ones(4, 4) / 4  # blur_kernel=[1, 1, 1, 1]
     with pytest.raises(CheckpointError, match=r"FIR .*to_rgbs\.1\.upsample\.kernel"):
         import_rosinality(sd)
+
+
+# ---- one entry point: import_stylegan2 picks the loader by suffix ------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # torch.load of the NVIDIA pickle
+def test_import_stylegan2_dispatches_on_the_file_suffix(tmp_path):
+    from tr0n_rt.export.checkpoints import save_state
+
+    from .test_stylegan2_pkl import nvidia_pickle, nvidia_sd
+
+    g = small_generator(seed=6)
+    w = latents(g, 2)
+    nv = nvidia_pickle(tmp_path / "network-snapshot-000000.pkl", nvidia_sd(g), tmp_path / "marker", conv_clamp=1e6)
+    ros = rosinality_file(tmp_path, rosinality_sd(g), name="550000.pt")
+    pth = tmp_path / "g.pth"
+    torch.save({"g_ema": rosinality_sd(g)}, pth)
+    st = tmp_path / "g.safetensors"
+    save_state(rosinality_sd(g), st)
+    for path in (nv, ros, pth, st):
+        g2 = import_stylegan2(path)
+        with torch.no_grad():
+            assert (g2.synthesis(w) - g.synthesis(w)).abs().max() <= 1e-5, path.name
+        assert not g2.training and not any(p.requires_grad for p in g2.parameters())
+        # .pkl went to NVIDIA's loader (which reads the pickled conv_clamp), the others to rosinality's
+        assert g2.config().get("conv_clamp") == (1e6 if path == nv else None), path.name
+    assert import_stylegan2(str(ros), noise="none").config()["noise"] == "none"  # config reaches the loader
+    assert import_stylegan2(nv, conv_clamp=None).config().get("conv_clamp") is None
+    with pytest.raises(CheckpointError, match="64"):
+        import_stylegan2(nv, resolution=64)
+    # the suffix, not the content, picks the loader: each refuses the other's file in its own words
+    (tmp_path / "ros.pkl").write_bytes(ros.read_bytes())
+    with pytest.raises(CheckpointError, match="zip archive, not an NVIDIA network pickle"):
+        import_stylegan2(tmp_path / "ros.pkl")
+    (tmp_path / "nv.pt").write_bytes(nv.read_bytes())
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        import_stylegan2(tmp_path / "nv.pt")
+    assert not (tmp_path / "marker").exists()
+
+
+@pytest.mark.parametrize("name", ["g.ckpt", "g.onnx", "generator", "g.pkl.gz"])
+def test_import_stylegan2_names_the_formats_it_reads_for_an_unknown_suffix(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"whatever")
+    with pytest.raises(CheckpointError, match="unknown StyleGAN2 checkpoint suffix") as e:
+        import_stylegan2(path)
+    assert all(s in str(e.value) for s in (".pkl", ".pt", ".pth", ".safetensors", "NVIDIA", "rosinality"))
+    with pytest.raises(CheckpointError, match="file path"):
+        import_stylegan2({"g_ema": {}})
 
 
 # ---- files that are not weights ----------------------------------------------------------------------------

@@ -15,7 +15,12 @@ Export-friendly choices (each numerically equivalent to the reference):
 - Noise is deterministic: noise="const" adds a fixed per-layer noise image (a buffer, drawn once from
   `noise_seed`) times the learned strength; noise="none" adds nothing. The references draw fresh noise
   per call by default, which makes G stochastic; TR0N's energy needs G to be a function of w.
-- No conv_clamp and no fp16 layers (the converted FFHQ-1024 config-f checkpoint has neither).
+- No fp16 layers. conv_clamp (optional, default None = no clamp, as in the converted FFHQ-1024 config-f
+  checkpoint) clamps where NVIDIA's stylegan2-ada-pytorch does: every SynthesisLayer output, after bias,
+  leaky ReLU and the sqrt(2) gain, to [-conv_clamp, +conv_clamp] (bias_act's clamp = conv_clamp * gain with the
+  "skip" architecture's gain 1), and every ToRGB output, after its bias, to the same range. The RGB skip sum
+  img = up(img) + rgb is not clamped. ADA-trained snapshots use conv_clamp=256 (a float16 overflow guard).
+  The clamp is torch.clamp: ONNX Clip forwards, a where/mask backward.
 
 Parameters are raw N(0, 1) draws scaled at run time (equalized learning rate), as in both references,
 so checkpoints load without rescaling. Names follow NVIDIA's stylegan2-ada-pytorch layout (minus the
@@ -172,13 +177,20 @@ class ModulatedConv(nn.Module):
         return out.reshape(b, o, out.shape[2], out.shape[3])
 
 
+def clamp_activation(x: torch.Tensor, conv_clamp: float | None) -> torch.Tensor:
+    """NVIDIA's bias_act clamp: x.clamp(-conv_clamp, conv_clamp), or x itself when conv_clamp is None."""
+    return x if conv_clamp is None else x.clamp(-conv_clamp, conv_clamp)
+
+
 class SynthesisLayer(ModulatedConv):
-    """Modulated 3x3 conv (upsampling if up) + noise + bias + leaky ReLU * sqrt(2), at resolution r."""
+    """Modulated 3x3 conv (upsampling if up) + noise + bias + leaky ReLU * sqrt(2) (then clamped to
+    +-conv_clamp unless None), at resolution r."""
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: bool,
-                 noise: str, noise_generator: torch.Generator):
+                 noise: str, noise_generator: torch.Generator, conv_clamp: float | None = None):
         super().__init__(in_channels, out_channels, 3, w_dim, demodulate=True, up=up)
         self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.conv_clamp = conv_clamp
         self.use_noise = noise == "const"
         if self.use_noise:
             self.noise_strength = nn.Parameter(torch.zeros(()))
@@ -188,33 +200,37 @@ class SynthesisLayer(ModulatedConv):
         x = self.modulated_conv(x, w, fused)
         if self.use_noise:
             x = x + self.noise_strength * self.noise_const  # one [r, r] image shared by batch and channels
-        return F.leaky_relu(x + self.bias[:, None, None], LRELU_SLOPE) * LRELU_GAIN
+        x = F.leaky_relu(x + self.bias[:, None, None], LRELU_SLOPE) * LRELU_GAIN
+        return clamp_activation(x, self.conv_clamp)
 
 
 class ToRGB(ModulatedConv):
-    """Modulated 1x1 conv to RGB, not demodulated, + bias (linear)."""
+    """Modulated 1x1 conv to RGB, not demodulated, + bias (linear), clamped to +-conv_clamp unless None."""
 
-    def __init__(self, in_channels: int, w_dim: int):
+    def __init__(self, in_channels: int, w_dim: int, conv_clamp: float | None = None):
         super().__init__(in_channels, 3, 1, w_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(3))
+        self.conv_clamp = conv_clamp
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, fused: bool = False) -> torch.Tensor:
-        return self.modulated_conv(x, w, fused) + self.bias[:, None, None]
+        return clamp_activation(self.modulated_conv(x, w, fused) + self.bias[:, None, None], self.conv_clamp)
 
 
 class SynthesisBlock(nn.Module):
     """One resolution of the "skip" generator: (const | conv0 up) -> conv1 -> torgb, img = up(img) + rgb."""
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, noise: str,
-                 noise_generator: torch.Generator):
+                 noise_generator: torch.Generator, conv_clamp: float | None = None):
         super().__init__()
         self.resolution = resolution
         if resolution == 4:
             self.const = nn.Parameter(torch.randn(out_channels, 4, 4))
         else:
-            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, True, noise, noise_generator)
-        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, False, noise, noise_generator)
-        self.torgb = ToRGB(out_channels, w_dim)
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, True, noise, noise_generator,
+                                        conv_clamp)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, False, noise, noise_generator,
+                                    conv_clamp)
+        self.torgb = ToRGB(out_channels, w_dim, conv_clamp)
         if resolution > 4:
             self.register_buffer("up_kernel", fir_kernel(gain=4.0), persistent=False)
 
@@ -231,17 +247,19 @@ class SynthesisBlock(nn.Module):
 
 
 class SynthesisNetwork(nn.Module):
-    """w [B, w_dim] (the same w at every layer) -> raw images [B, 3, R, R] (not clamped)."""
+    """w [B, w_dim] (the same w at every layer) -> raw images [B, 3, R, R] (not clamped to [-1, 1]; layer
+    outputs are clamped to +-conv_clamp when it is set)."""
 
     def __init__(self, resolution: int, w_dim: int, channel_base: int, channel_max: int, noise: str,
-                 noise_seed: int):
+                 noise_seed: int, conv_clamp: float | None = None):
         super().__init__()
         self.resolutions = [2 ** k for k in range(2, resolution.bit_length())]
         noise_generator = torch.Generator().manual_seed(noise_seed)
         in_ch = 0
         for res in self.resolutions:
             out_ch = channels_at(res, channel_base, channel_max)
-            self.add_module(f"b{res}", SynthesisBlock(in_ch, out_ch, w_dim, res, noise, noise_generator))
+            self.add_module(f"b{res}", SynthesisBlock(in_ch, out_ch, w_dim, res, noise, noise_generator,
+                                                      conv_clamp))
             in_ch = out_ch
 
     def forward(self, w: torch.Tensor, fused: bool = False) -> torch.Tensor:
@@ -258,11 +276,15 @@ class StyleGAN2Generator(Generator):
     latent = LatentSpec(dim=w_dim): the latent is w, not z. Draw training latents with
     `sample_latent` (w = mapping(z), z ~ N(0, I)); `latent.sample_prior` would give N(0, I) in W space,
     which is not StyleGAN2's prior.
+
+    conv_clamp: None (default: no clamp) or a positive number, NVIDIA's conv_clamp (256 in ADA-trained
+    snapshots): synthesis-layer and ToRGB outputs are clamped to +-conv_clamp (see the module docstring).
+    config() lists it only when set, so configs without it are unchanged.
     """
 
     def __init__(self, resolution: int = 256, w_dim: int = 512, z_dim: int = 512, channel_base: int = 32768,
                  channel_max: int = 512, mapping_layers: int = 8, mapping_lr_mul: float = 0.01,
-                 noise: str = "const", noise_seed: int = 0):
+                 noise: str = "const", noise_seed: int = 0, conv_clamp: float | None = None):
         super().__init__()
         if resolution < 4 or resolution & (resolution - 1):
             raise ConfigError(f"StyleGAN2 resolution must be a power of two >= 4, got {resolution}")
@@ -271,14 +293,22 @@ class StyleGAN2Generator(Generator):
         if channels_at(resolution, channel_base, channel_max) < 1:
             raise ConfigError(f"channel_base {channel_base} leaves no channels at {resolution}x{resolution}: "
                               f"use channel_base >= {resolution}")
+        if conv_clamp is not None:
+            if isinstance(conv_clamp, bool) or not isinstance(conv_clamp, int | float) \
+                    or not math.isfinite(conv_clamp) or conv_clamp <= 0:
+                raise ConfigError(f"StyleGAN2 conv_clamp must be None or a positive finite number, got {conv_clamp!r}")
+            conv_clamp = float(conv_clamp)
         self.latent = LatentSpec(dim=w_dim)
         self.image_size = resolution
         self.z_dim = z_dim
         self._config = {"resolution": resolution, "w_dim": w_dim, "z_dim": z_dim, "channel_base": channel_base,
                         "channel_max": channel_max, "mapping_layers": mapping_layers,
                         "mapping_lr_mul": mapping_lr_mul, "noise": noise, "noise_seed": noise_seed}
+        if conv_clamp is not None:
+            self._config["conv_clamp"] = conv_clamp
         self.mapping = MappingNetwork(z_dim, w_dim, mapping_layers, mapping_lr_mul)
-        self.synthesis = SynthesisNetwork(resolution, w_dim, channel_base, channel_max, noise, noise_seed)
+        self.synthesis = SynthesisNetwork(resolution, w_dim, channel_base, channel_max, noise, noise_seed,
+                                          conv_clamp)
 
     def forward(self, w: torch.Tensor, fused: bool = False) -> torch.Tensor:
         """fused=True runs the grouped-conv reference path (static batch only; for tests)."""
