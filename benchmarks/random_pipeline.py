@@ -2,6 +2,7 @@
 open_clip text/image encoders + a generator family, written as a pipeline folder for export and timing.
 
     python benchmarks/random_pipeline.py --out /tmp/sg2-b32 --clip ViT-B-32 --generator stylegan2 --resolution 256
+    python benchmarks/random_pipeline.py --out /tmp/bgd512-b32 --generator biggan_deep --resolution 512
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from tr0n_rt.tokenizer import CLIPTokenizer
 GENERATORS = {
     "stylegan2": lambda res: {"resolution": res},
     "dcgan": lambda res: {"latent_dim": 128, "image_size": res, "channels": 3, "width": 64},
+    "biggan": lambda res: {"resolution": res},  # TF Hub BigGAN widths (ch 96)
+    "biggan_deep": lambda res: {"resolution": res},  # TF Hub BigGAN-deep widths (ch 128)
 }
 
 
@@ -39,7 +42,9 @@ def build_random_pipeline(out: Path, clip: str = "ViT-B-32", generator: str = "s
     out.mkdir(parents=True, exist_ok=True)
     save_state(g.state_dict(), out / "generator.safetensors")
     save_state(f.state_dict(), out / "clip.safetensors")
-    translator = TranslatorGMM(TranslatorConfig(cond_dim=f.cond_dim, latent_dim=g.latent.dim))
+    # BigGAN's latent [z | class embedding] is bounded: means = 2 tanh(.), as the reference's translator
+    translator = TranslatorGMM(TranslatorConfig(cond_dim=f.cond_dim, latent_dim=g.latent.dim,
+                                                mean_bound=g.latent.bounds))
     parts = {"name": f"{clip}+{generator}{resolution}-random", "condition": "text", "classes": None,
              "tokenizer": CLIPTokenizer(context_length=f.context_length).to_dict(),
              "generator": {"family": generator, "config": gen_cfg, "weights": "generator.safetensors"},

@@ -29,6 +29,7 @@ def _load_families() -> None:
     # Importing the adapter modules fills the registries.
     from . import classifier, clip, dcgan  # noqa: F401
     from . import stylegan2  # noqa: F401
+    from . import biggan  # noqa: F401
     from ..worlds import shapes  # noqa: F401
 
 
