@@ -1,10 +1,13 @@
 """Speed of one Langevin step (energy forward + backward + update) per backend, side by side in one run.
 
     python benchmarks/speed.py --pipeline engines/shapes --batch 1 8 --copies 8
+    python benchmarks/speed.py --pipeline DIR --device cuda --batch 1 16 --copies 8 50 \
+        --backends torch onnxruntime:fp16 tensorrt:fp16 --json benchmarks/speed-gpu.json
 The folder must hold pipeline.json (torch) and manifest.json (ONNX bundle). For each batch size, every
-backend runs the same inputs: warm-up, then repeated timed runs; medians and the ratio to torch eager
-are reported (ratios < 1: faster than torch). Outputs are checked to agree, so a fast wrong graph
-cannot win.
+backend runs the same inputs: warm-up, then repeated timed runs; medians and the ratio to the first
+backend (torch: eager on the CPU, CUDA-graph replay on a GPU) are reported (ratios < 1: faster). Outputs
+are checked to agree, so a fast wrong graph cannot win. benchmarks/flops.py --timings turns the medians
+into achieved FLOP/s and a fraction of the device's peak.
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ def step_inputs(info, batch: int, copies: int, seed: int = 0) -> dict:
     c /= np.linalg.norm(c, axis=1, keepdims=True)
     return {**state, "condition": c, "aug_noise": rng.random((batch, copies, 8), dtype=np.float32),
             "sgld_noise": rng.standard_normal((batch, k, d), dtype=np.float32),
-            "hparams": info.sampling.hparams()}
+            "hparams": info.sampling.hparams(),
+            **({"aesthetic_weight": np.array([info.sampling.aesthetic_weight], np.float32)} if info.aesthetic else {})}
 
 
 def time_steps(backends: dict, inputs: dict, warmup: int, repeats: int) -> dict:
@@ -60,24 +64,33 @@ def main(argv=None) -> int:
     ap.add_argument("--copies", type=int, nargs="+", default=[8])
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--precisions", nargs="+", default=["fp32"])
+    ap.add_argument("--precisions", nargs="+", default=["fp32"], help="onnxruntime precisions (without --backends)")
+    ap.add_argument("--backends", nargs="+", default=None,
+                    help="torch onnxruntime[:fp32|fp16] tensorrt[:fp16|fp32]; the first is the reference "
+                         "(default: torch, then onnxruntime at each --precisions)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
     import torch
 
     from tr0n_rt.backends import open_backend
+    from tr0n_rt.bench import machine_info, parse_configs
 
-    backends = {"torch eager": open_backend("torch", args.pipeline)}
-    for prec in args.precisions:
-        backends[f"onnxruntime {prec}"] = open_backend("onnxruntime", args.pipeline, precision=prec)
-    info = backends["torch eager"].info
+    configs = parse_configs(args.backends or ["torch"] + [f"onnxruntime:{p}" for p in args.precisions])
+    backends = {}
+    for name, prec in configs:
+        label = (("torch eager" if args.device == "cpu" else "torch cuda graph") if name == "torch"
+                 else f"{name} {prec}")
+        backends[label] = open_backend(name, args.pipeline, device=args.device, precision=prec)
+    first = next(iter(backends))
+    info = backends[first].info
     rows = []
     for batch, copies in [(b, a) for a in args.copies for b in args.batch]:
         inputs = step_inputs(info, batch, copies)
         results = time_steps(backends, inputs, args.warmup, args.repeats)
-        base = statistics.median(results["torch eager"][0])
-        ref_out = results["torch eager"][1]
+        base = statistics.median(results[first][0])
+        ref_out = results[first][1]
         for name, (times, out) in results.items():
             med = statistics.median(times)
             err = max(float(np.linalg.norm(out[k] - ref_out[k]) / max(np.linalg.norm(ref_out[k]), 1e-30))
@@ -88,9 +101,9 @@ def main(argv=None) -> int:
             print(f"batch {batch:3d}  A={copies:3d}  {name:18s} median {med * 1e3:9.1f} ms  "
                   f"[{min(times) * 1e3:.1f}-{max(times) * 1e3:.1f}]  ratio {med / base:5.2f}  rel err {err:.1e}",
                   flush=True)
-    result = {"pipeline": str(args.pipeline), "rows": rows, "torch": torch.__version__,
-              "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
-              "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    result = {"pipeline": str(args.pipeline), "rows": rows, "reference_backend": first, "device": args.device,
+              "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+              "cpus": os.cpu_count(), "python": sys.version.split()[0], "host": machine_info(args.device)}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bench import add_parser as add_bench_parser
 from .errors import Tr0nError
 
 EPILOG = "Sample j of every prompt uses seed SEED + j, so a prompt's images do not depend on the others."
@@ -38,6 +39,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--momentum", type=float, default=None, help="SGLD momentum")
     g.add_argument("--noise-std", type=float, default=None, help="SGLD noise std added after each step")
     g.add_argument("--logits-lr", type=float, default=None, help="Adam step size on the mixture logits")
+    g.add_argument("--aesthetic-weight", type=float, default=None,
+                   help="alpha of the aesthetic term in the energy (pipelines with an aesthetic head; default 0)")
     g.add_argument("--samples", type=int, default=1, help="images per prompt or class (default: 1)")
     g.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
     g.add_argument("--batch", type=int, default=16, help="images per backend batch (default: 16)")
@@ -56,7 +59,8 @@ def sampling_config(args, base):
 
     cfg = preset(args.preset) if args.preset else base
     return cfg.with_overrides(mode=args.mode, steps=args.steps, copies=args.copies, latent_lr=args.latent_lr,
-                              momentum=args.momentum, noise_std=args.noise_std, logits_lr=args.logits_lr)
+                              momentum=args.momentum, noise_std=args.noise_std, logits_lr=args.logits_lr,
+                              aesthetic_weight=args.aesthetic_weight)
 
 
 def open_sampler(args):
@@ -100,55 +104,128 @@ def load_judge(folder: Path):
 
 def run_queries(sampler, queries: list[str], samples: int, seed: int, batch: int):
     """Samples every query `samples` times in batches; yields (rows, SampleBatch)."""
-    rows = [(q, j, seed + j) for q in queries for j in range(samples)]
-    conditions = sampler.conditions([q for q, _, _ in rows]) if rows else None
+    conditions = sampler.conditions(queries) if queries else None
+    yield from run_conditions(sampler, queries, conditions, samples, seed, batch)
+
+
+def run_conditions(sampler, labels: list, conditions, samples: int, seed: int, batch: int,
+                   translator: str = "translator"):
+    """Samples every condition row `samples` times in batches (sample j with seed SEED + j); yields
+    (rows, SampleBatch) with rows (label, j, seed, condition index)."""
+    rows = [(label, j, seed + j, i) for i, label in enumerate(labels) for j in range(samples)]
     for start in range(0, len(rows), batch):
         part = rows[start:start + batch]
-        yield part, sampler.sample(conditions[start:start + batch], [s for _, _, s in part])
+        yield part, sampler.sample(conditions[[i for *_, i in part]], [s for _, _, s, _ in part],
+                                   translator=translator)
 
 
-def judge_batch(judge, out, part):
-    """Every judge (torch or judge.onnx) takes numpy images."""
-    if judge is None:
+def judge_batch(judge, out, part, queries=None):
+    """Every judge (torch or judge.onnx) takes numpy images; queries: what each row is judged against
+    (default: its label; None skips that row)."""
+    queries = [q for q, *_ in part] if queries is None else queries
+    if judge is None or not any(q is not None for q in queries):
         return [None] * len(part)
-    return judge.verdicts(out.images, [q for q, _, _ in part])
+    keep = [i for i, q in enumerate(queries) if q is not None]
+    verdicts = judge.verdicts(out.images[keep], [queries[i] for i in keep])
+    out_list = [None] * len(part)
+    for i, v in zip(keep, verdicts):
+        out_list[i] = v
+    return out_list
+
+
+def sample_inputs(args, sampler):
+    """What `sample` conditions on: (labels, conditions, record key, translator graph, judged queries,
+    interpolation t or None). Prompts/classes, or --image files; with --interpolate N, the N
+    conditions between two endpoints (judged at the endpoints only)."""
+    from .interpolate import interpolate
+
+    if args.image and args.queries:
+        raise Tr0nError("give prompts (or classes) or --image, not both")
+    if not args.queries and not args.image:
+        raise Tr0nError("give at least one prompt (or class for a class world), e.g. "
+                        "tr0n-rt sample \"a red circle on a white background\", or --image PATH")
+    if args.image:
+        conditions, files = sampler.image_conditions(args.image)
+        labels, key, translator, judged = [str(f) for f in files], "image", sampler.image_translator, None
+    else:
+        labels, conditions, translator = list(args.queries), sampler.conditions(args.queries), "translator"
+        key = "class" if sampler.info.condition == "class" else "prompt"
+        judged = list(labels)
+    if not args.interpolate:
+        return labels, conditions, key, translator, judged, None
+    if len(labels) != 2:
+        raise Tr0nError(f"--interpolate takes exactly two endpoints (two prompts, classes or images), got {len(labels)}")
+    n = args.interpolate
+    kind = "image" if args.image else sampler.info.condition
+    conditions = interpolate(conditions[0], conditions[1], n, kind)
+    t = [i / (n - 1) for i in range(n)]
+    ends = judged or [None, None]
+    judged = [ends[0]] + [None] * (n - 2) + [ends[1]]
+    return [f"{labels[0]} -> {labels[1]} @ {x:.2f}" for x in t], conditions, key, translator, judged, (labels, t)
 
 
 def cmd_sample(args) -> int:
     from .atomic import write_bytes, write_json
-    from .images import grid, png_bytes, save_png
+    from .images import clip_pixels, grid, png_bytes, save_png
 
-    if not args.queries:
-        raise Tr0nError("give at least one prompt (or class for a class world), e.g. "
-                        "tr0n-rt sample \"a red circle on a white background\"")
     folder, sampler = open_sampler(args)
+    labels, conditions, key, translator, judged, interp = sample_inputs(args, sampler)
     judge = load_judge(folder) if not args.no_judge else None
     records, images, captions = [], [], []
-    for part, out in run_queries(sampler, args.queries, args.samples, args.seed, args.batch):
-        verdicts = judge_batch(judge, out, part)
+    for part, out in run_conditions(sampler, labels, conditions, args.samples, args.seed, args.batch, translator):
+        verdicts = judge_batch(judge, out, part, [None if judged is None else judged[i] for *_, i in part])
         per_image = {k: round(v / len(part), 4) for k, v in out.seconds.items()}
-        for i, (query, j, seed) in enumerate(part):
-            key = "class" if sampler.info.condition == "class" else "prompt"
-            records.append({key: query, "sample": j, "seed": seed, "energy": float(out.energies[i]),
-                            "settings": out.config.to_dict(), "seconds_per_image": per_image,
-                            "judge": verdicts[i]})
-            images.append(out.images[i])
-            captions.append(query if verdicts[i] is None else f"{'ok' if verdicts[i]['correct'] else 'x'} {query}")
+        for r, (label, j, seed, i) in enumerate(part):
+            rec = {key: label if interp is None else interp[0], "sample": j, "seed": seed,
+                   "energy": float(out.energies[r]), "settings": out.config.to_dict(),
+                   "seconds_per_image": per_image, "judge": verdicts[r]}
+            if interp is not None:
+                rec["t"] = interp[1][i]
+            if out.aesthetic is not None:
+                rec["aesthetic"] = float(out.aesthetic[r])
+            records.append(rec)
+            images.append(out.images[r])
+            caption = label if interp is None else f"t={interp[1][i]:.2f}"
+            captions.append(caption if verdicts[r] is None else f"{'ok' if verdicts[r]['correct'] else 'x'} {caption}")
+    sheet_name, sheet = "grid.png", None
+    if interp is not None:  # one strip per sample j: [source image,] t = 0 ... t = 1 [, source image]
+        n = len(interp[1])
+        order = sorted(range(len(records)), key=lambda r: (records[r]["sample"], records[r]["t"]))
+        cells, caps = [], []
+        for j in range(args.samples):
+            row = [r for r in order if records[r]["sample"] == j]
+            if args.image:
+                size = sampler.info.image_size
+                src = [clip_pixels(f, size) * 2 - 1 for f in interp[0]]
+                cells += [src[0]] + [images[r] for r in row] + [src[1]]
+                caps += ["source"] + [captions[r] for r in row] + ["source"]
+            else:
+                cells += [images[r] for r in row]
+                caps += [captions[r] for r in row]
+        columns = n + (2 if args.image else 0)
+        sheet_name, sheet = "strip.png", grid(np.stack(cells), caps, columns=columns)
+    else:
+        sheet = grid(np.stack(images), captions, columns=min(len(images), 8))
     # Everything is computed; now write, each file atomically, the JSON last.
     out_dir = args.out
     for n, (rec, img) in enumerate(zip(records, images)):
         rec["file"] = str(out_dir / f"{n:03d}.png")
         save_png(rec["file"], img, scale=1)
-    write_bytes(out_dir / "grid.png", png_bytes(grid(np.stack(images), captions, columns=min(len(images), 8))))
+    write_bytes(out_dir / sheet_name, png_bytes(sheet))
     summary = {"pipeline": str(folder), "backend": sampler.backend.name, "precision": args.precision,
                "fp16_fallback_steps": getattr(sampler.backend, "fp16_fallbacks", None),
-               "grid": str(out_dir / "grid.png"), "images": records}
+               "conditioning": key, "translator": translator, sheet_name.removesuffix(".png"): str(out_dir / sheet_name),
+               "images": records}
+    if interp is not None:
+        summary["interpolation"] = {"endpoints": interp[0], "t": interp[1],
+                                    "method": "linear" if key == "class" else "slerp"}
     write_json(args.json or out_dir / "samples.json", summary)
     for rec in records:
         verdict = rec["judge"]
         note = "" if verdict is None else f"  judge: {'correct' if verdict['correct'] else 'wrong'}"
-        print(f"{rec['file']}  E={rec['energy']:.4f}  {rec.get('prompt', rec.get('class'))!r}{note}")
-    print(f"grid: {out_dir / 'grid.png'}  json: {args.json or out_dir / 'samples.json'}")
+        where = f" t={rec['t']:.2f}" if "t" in rec else ""
+        print(f"{rec['file']}  E={rec['energy']:.4f}  {rec[key]!r}{where}{note}")
+    print(f"{sheet_name.removesuffix('.png')}: {out_dir / sheet_name}  json: {args.json or out_dir / 'samples.json'}")
     return 0
 
 
@@ -168,7 +245,7 @@ def cmd_eval(args) -> int:
     tick = time.perf_counter()
     results = []
     for part, out in run_queries(sampler, queries, args.samples, args.seed, args.batch):
-        for (q, j, seed), v in zip(part, judge_batch(judge, out, part)):
+        for (q, j, seed, _), v in zip(part, judge_batch(judge, out, part)):
             results.append({"query": q, "sample": j, "seed": seed, "correct": bool(v["correct"]), "judge": v})
     seconds = time.perf_counter() - tick
     accuracy = float(np.mean([r["correct"] for r in results])) if results else float("nan")
@@ -240,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate images for prompts or classes", epilog=EPILOG,
                        description="Generate images with TR0N: translator, then Langevin on the energy.")
     p.add_argument("queries", nargs="*", help="prompts (text worlds) or class names (class worlds)")
+    p.add_argument("--image", type=Path, nargs="+", default=None, metavar="PATH",
+                   help="condition on images instead (files or folders; CLIP pipelines): c = the CLIP image "
+                        "embedding, mapped by the pipeline's image translator when it has one")
+    p.add_argument("--interpolate", type=int, default=None, metavar="N",
+                   help="N conditions from the first to the second prompt/class/image (slerp on the CLIP "
+                        "sphere; classes linearly), each sampled with TR0N; writes OUT/strip.png")
     add_pipeline_args(p)
     add_sampling_args(p)
     p.add_argument("--out", type=Path, default=Path("out"), help="folder for PNGs and JSON (default: out)")
@@ -290,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graphs", nargs="+", default=None, help="build only these graphs")
     p.add_argument("--keep-going", action="store_true", help="record a failed graph and build the others")
     p.set_defaults(func=cmd_build)
+
+    add_bench_parser(sub)
 
     p = sub.add_parser("train", help="rebuild an embedded world from scratch",
                        description="Data -> models -> synthetic pairs -> translator, with fixed seeds.")

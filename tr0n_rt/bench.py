@@ -1,0 +1,481 @@
+"""`tr0n-rt bench`: a quick benchmark of the whole sampler, per backend and batch size, side by side.
+
+Every configuration (backend, precision, batch) runs in a fresh Python process, so its cold start and
+its peak memory are its own:
+    startup     interpreter start (spawn to first line)
+    import      numpy, tr0n_rt and the engine's module (onnxruntime, or torch + the export adapters)
+    load        open_backend, and every graph the sampler uses loaded (sessions created)
+    first image the first encode + sample at this batch (lazy initialisation included)
+then `warmup` untimed and `repeats` timed encode + sample calls: medians and [min, max]. Stages per
+call: encode (text encoder, around Sampler.encode_text), translate, Langevin (per step: the total / T),
+final energy, decode, as the sampler records them. Peak memory: the process's peak RSS (getrusage), and
+on CUDA torch's max_memory_allocated (torch backend) and the process's GPU memory as nvidia-smi reports
+it at the end (onnxruntime and TensorRT allocate outside torch).
+
+The module imports no torch: only a torch configuration's process does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import ConfigError, Tr0nError
+
+STAGES = ("encode", "translate", "langevin", "final_energy", "decode")
+MARK = "TR0N_RT_BENCH_ROW "
+BOOT = ("import sys, time; t0, w0 = time.perf_counter(), time.time(); "
+        "from tr0n_rt.bench import child; child(sys.argv[1], t0, w0)")
+DEFAULT_PROMPT = "a red circle on a white background"
+
+
+# --- one configuration, in its own process ------------------------------------------------------------
+def child(job_json: str, t0: float, w0: float) -> None:
+    """Entry point of a configuration's process: measures, prints one marked JSON line."""
+    job = json.loads(job_json)
+    row = {k: job[k] for k in ("backend", "precision", "device", "batch")}
+    try:
+        row.update(measure(job, t0))
+        row["startup_s"] = w0 - job["spawned"]
+    except Exception as e:  # noqa: BLE001 -- one broken configuration must not hide the others' results
+        row["error"] = f"{type(e).__name__}: {e}"
+    print(MARK + json.dumps(row), flush=True)
+
+
+def measure(job: dict, t0: float) -> dict:
+    import_engine(job["backend"], job.get("threads"))
+    from .backends import open_backend
+    from .sampler import Sampler
+    import_s = time.perf_counter() - t0
+
+    tick = time.perf_counter()
+    folder = Path(job["folder"])
+    be = open_backend(job["backend"], folder, device=job["device"], precision=job["precision"])
+    cfg = be.info.sampling.with_overrides(steps=job["steps"], copies=job["copies"])
+    sampler = Sampler(be, cfg)
+    preload(be)
+    load_s = time.perf_counter() - tick
+
+    queries = bench_queries(be.info, folder, job["batch"])
+    seeds = list(range(len(queries)))
+
+    def run() -> dict:
+        tick = time.perf_counter()
+        c = sampler.conditions(queries)
+        encode = time.perf_counter() - tick
+        out = sampler.sample(c, seeds)
+        be.synchronize()
+        return {"total": time.perf_counter() - tick, "encode": encode, **out.seconds}
+
+    first = run()
+    for _ in range(job["warmup"]):
+        run()
+    runs = [run() for _ in range(job["repeats"])]
+    totals = [r["total"] for r in runs]
+    median = statistics.median(totals)
+    stages = {s: statistics.median(r.get(s, 0.0) for r in runs) * 1e3 for s in STAGES}
+    row = {"copies": cfg.copies, "steps": cfg.steps, "components": be.info.num_components,
+           "import_s": import_s, "load_s": load_s, "first_image_s": first["total"],
+           "batch_ms": median * 1e3, "batch_ms_min": min(totals) * 1e3, "batch_ms_max": max(totals) * 1e3,
+           "ms_per_image": median * 1e3 / job["batch"], "images_per_s": job["batch"] / median,
+           "stages_ms": stages, "step_ms": stages["langevin"] / cfg.steps if cfg.steps else None,
+           "peak_rss_mib": peak_rss_mib(), "torch_imported": "torch" in sys.modules,
+           "repeats": job["repeats"], "warmup": job["warmup"]}
+    row.update(gpu_memory(job["device"]))
+    row.update(thread_info())
+    if hasattr(be, "graphs") and isinstance(be.graphs, dict):  # onnxruntime: where each session came from
+        row["graph_sources"] = {g: getattr(v, "source", None) for g, v in be.graphs.items()}
+    return row
+
+
+def import_engine(backend: str, threads: int | None) -> None:
+    """Imports the engine up front, so its import counts as import and not as load."""
+    if backend == "torch":
+        import torch
+
+        import tr0n_rt.export.pipeline  # noqa: F401  (open_clip and the adapters)
+
+        if threads:
+            torch.set_num_threads(threads)
+    elif backend == "onnxruntime":
+        import onnxruntime  # noqa: F401
+    elif backend == "tensorrt":
+        import tensorrt  # noqa: F401
+
+
+def preload(be) -> None:
+    """Creates every session the sampler will use now (onnxruntime creates them on first use)."""
+    if hasattr(be, "load") and hasattr(be, "bundle"):
+        for graph in ("text_encoder", "translator", "step", "energy", "generator"):
+            if be.bundle.has(graph) and (graph != "text_encoder" or be.info.condition == "text"):
+                be.load(graph)
+
+
+def bench_queries(info, folder: Path, n: int) -> list[str]:
+    """n queries: the pipeline's prompts.txt (or class names), cycled."""
+    if info.condition == "class":
+        pool = list(info.classes or [])
+    else:
+        path = folder / "prompts.txt"
+        pool = [q.strip() for q in path.read_text().splitlines() if q.strip()] if path.is_file() else []
+        pool = pool or [DEFAULT_PROMPT]
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size. Linux: VmHWM of /proc/self/status, the high-water mark
+    of this program's own memory (getrusage's ru_maxrss is kept across fork + exec, so a child of a
+    large process would report its parent's size). Elsewhere: getrusage (macOS reports bytes)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource  # POSIX only
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def gpu_memory(device: str) -> dict:
+    if not device.startswith("cuda"):
+        return {}
+    out = {"gpu_process_mib": gpu_process_mib()}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["gpu_peak_torch_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def gpu_process_mib() -> float | None:
+    """GPU memory this process holds now (nvidia-smi); arenas do not shrink, so about its peak."""
+    try:
+        text = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                              check=False, capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in text.splitlines():
+        pid, _, mib = line.partition(",")
+        if pid.strip() == str(os.getpid()):
+            return float(mib)
+    return None
+
+
+def thread_info() -> dict:
+    out = {"omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+# --- the parent: configurations, processes, table -------------------------------------------------------
+def available_configs(folder: Path, device: str) -> list[tuple[str, str]]:
+    """(backend, precision) for every engine installed here that this folder can run."""
+    configs = []
+    if (folder / "pipeline.json").is_file() and installed("torch"):
+        configs.append(("torch", "fp32"))
+    manifest = folder / "manifest.json"
+    if manifest.is_file() and installed("onnxruntime"):
+        graphs = json.loads(manifest.read_text()).get("graphs", {})
+        for prec in ("fp32", "fp16"):
+            if graphs and all(prec in g.get("files", {}) for g in graphs.values()):
+                configs.append(("onnxruntime", prec))
+    return configs
+
+
+def installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # an import hook that refuses the module (tests/test_torch_free.py)
+        return False
+
+
+def parse_configs(names: list[str]) -> list[tuple[str, str]]:
+    """["torch", "onnxruntime:fp16"] -> [("torch", "fp32"), ("onnxruntime", "fp16")]."""
+    out = []
+    for name in names:
+        backend, _, prec = name.partition(":")
+        if backend not in ("torch", "onnxruntime", "tensorrt"):
+            raise ConfigError(f"unknown backend {backend!r} in --backends; use torch, onnxruntime[:fp32|fp16] "
+                              "or tensorrt[:fp16|fp32]")
+        out.append((backend, prec or ("fp16" if backend == "tensorrt" else "fp32")))
+    return out
+
+
+def run_config(job: dict, timeout: float, env: dict | None = None) -> dict:
+    """Runs one configuration in a fresh process; returns its row (with "error" when it failed)."""
+    job = {**job, "spawned": time.time()}
+    tick = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-c", BOOT, json.dumps(job)], check=False, capture_output=True,
+                              text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {**{k: job[k] for k in ("backend", "precision", "device", "batch")}, "error": f"timed out ({timeout} s)"}
+    rows = [json.loads(line[len(MARK):]) for line in done.stdout.splitlines() if line.startswith(MARK)]
+    if not rows:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        return {**{k: job[k] for k in ("backend", "precision", "device", "batch")},
+                "error": f"exit {done.returncode}: {' / '.join(tail)}"}
+    return {**rows[-1], "process_s": time.perf_counter() - tick}
+
+
+def machine_info(device: str) -> dict:
+    """What ran the benchmark, for the JSON and the chart title (reads versions without importing)."""
+    from importlib import metadata
+
+    info = {"machine": platform.machine(), "system": platform.system(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "cpu": cpu_model()}
+    for dist in ("tr0n-rt", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt"):
+        try:
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    if device.startswith("cuda"):
+        try:
+            info["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], check=False,
+                                         capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            info["gpu"] = None
+    info["name"] = info.get("gpu") or f"{info['cpu']} ({info['cpus']} CPUs)"
+    return info
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def label(row: dict) -> str:
+    return row["backend"] + ("" if row["backend"] == "torch" else f" {row['precision']}")
+
+
+def table(result: dict) -> str:
+    lines = [("| backend | batch | ms / batch [min-max] | images/s | step ms | encode | translate | langevin | "
+              "final E | decode | import s | load s | first image s | peak RSS MiB |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {label(r)} | {r['batch']} | error: {r['error']} |||||||||||")
+            continue
+        s = r["stages_ms"]
+        step = "-" if r["step_ms"] is None else f"{r['step_ms']:.2f}"
+        lines.append(f"| {label(r)} | {r['batch']} | {r['batch_ms']:.1f} [{r['batch_ms_min']:.1f}-{r['batch_ms_max']:.1f}]"
+                     f" | {r['images_per_s']:.2f} | {step} | " + " | ".join(f"{s[k]:.1f}" for k in STAGES) +
+                     f" | {r['import_s']:.2f} | {r['load_s']:.2f} | {r['first_image_s']:.2f} | {r['peak_rss_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+# --- the chart (Pillow only) ------------------------------------------------------------------------------
+COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
+
+
+def font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def bar_panel(title: str, unit: str, groups: list[str], series: dict[str, list[float | None]],
+              plot_width: int = 540, height: int = 340):
+    """Grouped bars: one group per entry of `groups`, one bar per series; missing values are skipped.
+    The legend's width follows the longest series name."""
+    from PIL import Image, ImageDraw
+
+    left, top, bottom = 60, 34, 40
+    right = 40 + 7 * max((len(n) for n in series), default=0)
+    w, h = left + plot_width + right, height
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    d.text((left, 8), title, fill="black", font=font(15))
+    values = [v for vs in series.values() for v in vs if v is not None]
+    tick, ticks = nice_ticks(max(values, default=0.0) * 1.1)
+    vmax = tick * ticks
+    plot_w, plot_h = w - left - right, h - top - bottom
+    d.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black")
+    for i in range(ticks + 1):  # value grid
+        y = h - bottom - plot_h * i / ticks
+        d.line([(left - 4, y), (w - right, y)], fill="#dddddd" if i else "black")
+        d.text((4, y - 6), number(tick * i), fill="black", font=font(11))
+    d.text((4, 12), unit, fill="black", font=font(11))
+    n = max(len(series), 1)
+    slot = plot_w / max(len(groups), 1)
+    bar = slot * 0.8 / n
+    for gi, group in enumerate(groups):
+        x0 = left + gi * slot + slot * 0.1
+        for si, (_, vs) in enumerate(series.items()):
+            v = vs[gi] if gi < len(vs) else None
+            if v is None:
+                continue
+            x = x0 + si * bar
+            y = h - bottom - plot_h * v / vmax
+            d.rectangle([x, y, x + bar - 2, h - bottom], fill=COLORS[si % len(COLORS)])
+            d.text((x, y - 13), number(v), fill="black", font=font(10))
+        d.text((x0 + slot * 0.3, h - bottom + 8), group, fill="black", font=font(12))
+    for si, name in enumerate(series):  # legend
+        y = top + 6 + si * 18
+        d.rectangle([w - right + 10, y, w - right + 22, y + 12], fill=COLORS[si % len(COLORS)])
+        d.text((w - right + 28, y - 1), name, fill="black", font=font(12))
+    return img
+
+
+def number(v: float) -> str:
+    """3 significant digits, without exponents below a million: 0.0123, 4.56, 789, 13,655."""
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
+def nice_ticks(top: float) -> tuple[float, int]:
+    """(tick step, number of ticks) with a step of 1, 2 or 5 x 10^k and 3-6 ticks covering [0, top]."""
+    import math
+
+    if top <= 0:
+        return 1.0, 1
+    step = 10 ** math.floor(math.log10(top / 5))
+    for m in (1, 2, 5, 10):
+        if top / (m * step) <= 6:
+            step *= m
+            break
+    return step, max(1, math.ceil(top / step - 1e-9))
+
+
+def stack(panels: list, title: str):
+    from PIL import Image, ImageDraw
+
+    w = max(p.width for p in panels)
+    sheet = Image.new("RGB", (w, 30 + sum(p.height for p in panels)), "white")
+    ImageDraw.Draw(sheet).text((10, 8), title, fill="black", font=font(16))
+    y = 30
+    for p in panels:
+        sheet.paste(p, (0, y))
+        y += p.height
+    return sheet
+
+
+def chart(result: dict):
+    """A bench result -> one PNG-ready image: images/s and Langevin step ms per batch and backend."""
+    rows = [r for r in result["rows"] if "error" not in r]
+    batches = sorted({r["batch"] for r in rows})
+    names = list(dict.fromkeys(label(r) for r in rows))
+
+    def series(key):
+        return {n: [next((r[key] for r in rows if label(r) == n and r["batch"] == b), None) for b in batches]
+                for n in names}
+    groups = [f"batch {b}" for b in batches]
+    s = result["settings"]
+    title = f"{result['pipeline_name']}, T={s['steps']}, A={s['copies']} on {result['machine']['name']}"
+    return stack([bar_panel("images per second (higher is better)", "images/s", groups, series("images_per_s")),
+                  bar_panel("Langevin step, ms (lower is better)", "ms", groups, series("step_ms"))], title)
+
+
+# --- the command ----------------------------------------------------------------------------------------
+def cmd_bench(args) -> int:
+    from .atomic import write_bytes, write_json
+    from .cli import resolve_pipeline
+    from .images import png_bytes
+
+    folder = resolve_pipeline(args).resolve()
+    configs = parse_configs(args.backends) if args.backends else available_configs(folder, args.device)
+    if not configs:
+        raise Tr0nError(f"nothing to run in {folder}: it needs pipeline.json with torch installed, or an exported "
+                        "bundle (manifest.json) with onnxruntime installed (`pip install 'tr0n-rt[cpu]'`)")
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    cache = tempfile.TemporaryDirectory(prefix="tr0n-rt-bench-") if args.cold else None
+    tick = time.perf_counter()
+    rows = []
+    for backend, precision in configs:
+        for batch in args.batch:
+            job = {"folder": str(folder), "backend": backend, "precision": precision, "device": args.device,
+                   "batch": batch, "steps": args.steps, "copies": args.copies, "warmup": args.warmup,
+                   "repeats": args.repeats, "threads": args.threads}
+            if cache is not None:  # an empty onnxruntime cache per configuration: the true first run
+                env["TR0N_RT_CACHE"] = tempfile.mkdtemp(dir=cache.name)
+            row = run_config(job, args.timeout, env)
+            rows.append(row)
+            msg = row.get("error") or f"{row['images_per_s']:.2f} images/s, {row['batch_ms']:.1f} ms / batch"
+            print(f"{label(row):18s} batch {batch:3d}: {msg}", flush=True)
+    if cache is not None:
+        cache.cleanup()
+    name = json.loads((folder / ("pipeline.json" if (folder / "pipeline.json").is_file() else "manifest.json"))
+                      .read_text()).get("name", folder.name)
+    ok = [r for r in rows if "error" not in r]
+    result = {"pipeline": str(folder), "pipeline_name": name, "machine": machine_info(args.device),
+              "settings": {"steps": ok[0]["steps"] if ok else args.steps,
+                           "copies": ok[0]["copies"] if ok else args.copies, "warmup": args.warmup,
+                           "repeats": args.repeats, "device": args.device, "threads": args.threads,
+                           "cold_cache": args.cold},
+              "rows": rows, "seconds": time.perf_counter() - tick}
+    print(f"\n{name} on {result['machine']['name']}: T={result['settings']['steps']}, "
+          f"A={result['settings']['copies']}, medians of {args.repeats} after {args.warmup} warm-up; "
+          "stages in ms per batch\n")
+    print(table(result))
+    write_json(args.json, result)
+    if args.png and ok:
+        write_bytes(args.png, png_bytes(chart(result)))
+    print(f"\njson: {args.json}" + (f"  chart: {args.png}" if args.png and ok else ""))
+    return 0 if ok else 1
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "bench", help="quick benchmark: latency, images/s, stages, cold start, peak memory per backend",
+        description="Time the whole sampler per backend and batch size, each configuration in a fresh process: "
+                    "cold start (import, load, first image), then medians of repeated encode + sample calls "
+                    "with per-stage times, images per second and peak memory. Writes JSON (and a PNG chart).")
+    g = p.add_argument_group("pipeline")
+    g.add_argument("--world", default=None, help="embedded world to use (default: shapes)")
+    g.add_argument("--pipeline", type=Path, default=None, help="pipeline or bundle folder instead of a world")
+    g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    g.add_argument("--backends", nargs="+", default=None,
+                   help="configurations, e.g. torch onnxruntime:fp32 onnxruntime:fp16 tensorrt:fp16 "
+                        "(default: every installed engine the folder can run)")
+    g = p.add_argument_group("workload")
+    g.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default: 1 8)")
+    g.add_argument("--steps", type=int, default=5, help="Langevin steps T (default: 5)")
+    g.add_argument("--copies", type=int, default=None, help="augmented copies A (default: the pipeline's)")
+    g.add_argument("--warmup", type=int, default=1, help="untimed calls after the first image (default: 1)")
+    g.add_argument("--repeats", type=int, default=3, help="timed calls; medians are reported (default: 3)")
+    g.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS and torch threads of each process")
+    g.add_argument("--cold", action="store_true", help="empty onnxruntime graph cache for every configuration")
+    g.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration (default: 600)")
+    g = p.add_argument_group("output")
+    g.add_argument("--json", type=Path, default=Path("out/bench.json"), help="results file (default: out/bench.json)")
+    g.add_argument("--png", type=Path, default=None, help="also draw a chart of images/s and step time here")
+    p.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tr0n_rt.bench ...`: the same as `tr0n-rt bench ...`."""
+    parser = argparse.ArgumentParser(prog="tr0n-rt")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except Tr0nError as e:
+        print(f"tr0n-rt: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
