@@ -23,6 +23,8 @@ import torch.nn.functional as F
 
 from tr0n_rt.errors import CheckpointError, ConfigError, ShapeError, unknown_name
 
+from .models.registry import registrar
+
 
 @dataclass(frozen=True)
 class NucleusConfig:
@@ -120,15 +122,7 @@ class Captioner(ABC):
 
 
 CAPTIONERS: dict[str, type] = {}
-
-
-def register_captioner(name: str):
-    def wrap(cls):
-        cls.name = name
-        CAPTIONERS[name] = cls
-        return cls
-
-    return wrap
+register_captioner = registrar(CAPTIONERS, attribute="name")
 
 
 def build_captioner(name: str, config: dict | None = None, **runtime) -> Captioner:

@@ -49,7 +49,13 @@ def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def load_weights(module: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
     """Loads `path` into `module`, with an error that lists missing, unexpected and misshapen keys."""
-    state = load_state(path)
+    return load_fitting(module, load_state(path), str(path), strict=strict)
+
+
+def load_fitting(module: nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True) -> nn.Module:
+    """Loads `state` into `module` if it fits: a CheckpointError names the missing, unexpected and misshapen
+    keys (strict=False tolerates missing and unexpected ones, never wrong shapes). `source` names where the
+    state came from, for the message."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -61,7 +67,7 @@ def load_weights(module: nn.Module, path: str | os.PathLike, strict: bool = True
             if items:
                 parts.append(f"{name}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}")
         raise CheckpointError(
-            f"{path} does not fit {type(module).__name__} ({'; '.join(parts)}): "
+            f"{source} does not fit {type(module).__name__} ({'; '.join(parts)}): "
             "the checkpoint was made for another architecture or config"
         )
     module.load_state_dict(state, strict=strict)

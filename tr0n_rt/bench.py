@@ -467,15 +467,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m tr0n_rt.bench ...`: the same as `tr0n-rt bench ...`."""
-    parser = argparse.ArgumentParser(prog="tr0n-rt")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except Tr0nError as e:
-        print(f"tr0n-rt: error: {e}", file=sys.stderr)
-        return 2
+    from .cli import main as cli_main
 
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,22 +7,22 @@ GENERATORS: dict[str, type] = {}
 CONDITION_MODELS: dict[str, type] = {}
 
 
-def register_generator(name: str):
-    def wrap(cls):
-        cls.family = name
-        GENERATORS[name] = cls
-        return cls
+def registrar(table: dict[str, type], attribute: str = "family"):
+    """A class decorator factory: @register("name") stores the class in `table` under name and sets
+    cls.<attribute> = name (generators, condition models, captioners)."""
+    def register(name: str):
+        def wrap(cls):
+            setattr(cls, attribute, name)
+            table[name] = cls
+            return cls
 
-    return wrap
+        return wrap
+
+    return register
 
 
-def register_condition_model(name: str):
-    def wrap(cls):
-        cls.family = name
-        CONDITION_MODELS[name] = cls
-        return cls
-
-    return wrap
+register_generator = registrar(GENERATORS)
+register_condition_model = registrar(CONDITION_MODELS)
 
 
 def _load_families() -> None:

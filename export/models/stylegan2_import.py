@@ -29,6 +29,7 @@ import torch
 
 from tr0n_rt.errors import CheckpointError
 
+from ..checkpoints import load_fitting
 from .stylegan2 import StyleGAN2Generator, fir_kernel
 
 # rosinality's fixed FIR buffers; ours are non-persistent buffers built from the same [1, 3, 3, 1] taps.
@@ -205,16 +206,7 @@ def import_rosinality(path_or_state, resolution: int | None = None, **config) ->
     cfg = {**inferred, **config}
     model = StyleGAN2Generator(**cfg)
     ours = from_rosinality(state, cfg["resolution"], cfg["mapping_layers"], noise=cfg.get("noise", "const"))
-    own = model.state_dict()
-    missing = [k for k in own if k not in ours]
-    unexpected = [k for k in ours if k not in own]
-    misshapen = [f"{k}: file {tuple(ours[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in own if k in ours and ours[k].shape != own[k].shape]
-    if missing or unexpected or misshapen:
-        parts = [_missing_error(n, ks) for n, ks in (("missing", missing), ("unexpected", unexpected),
-                                                     ("wrong shape", misshapen)) if ks]
-        raise CheckpointError(f"rosinality checkpoint does not fit StyleGAN2Generator({cfg}): {'; '.join(parts)}")
-    model.load_state_dict(ours, strict=True)
+    load_fitting(model, ours, f"rosinality checkpoint ({cfg})")
     return model.eval().requires_grad_(False)
 
 

@@ -58,6 +58,7 @@ import torch
 
 from tr0n_rt.errors import CheckpointError
 
+from ..checkpoints import load_fitting
 from .stylegan2 import StyleGAN2Generator, fir_kernel
 from .stylegan2_import import key_table
 
@@ -441,12 +442,5 @@ def import_nvidia_pkl(path_or_record, resolution: int | None = None, network: st
     cfg = {**inferred, **config}
     model = StyleGAN2Generator(**cfg)
     ours = from_nvidia(record["state_dict"], cfg["resolution"], cfg["mapping_layers"], noise=cfg["noise"])
-    own = model.state_dict()
-    misshapen = [f"{k}: file {tuple(ours[k].shape)} vs model {tuple(v.shape)}"
-                 for k, v in own.items() if k in ours and ours[k].shape != v.shape]
-    missing = [k for k in own if k not in ours]
-    if misshapen or missing:
-        parts = [f"{n}: {_names(ks)}" for n, ks in (("missing", missing), ("wrong shape", misshapen)) if ks]
-        raise CheckpointError(f"NVIDIA generator does not fit StyleGAN2Generator({cfg}): {'; '.join(parts)}")
-    model.load_state_dict(ours, strict=True)
+    load_fitting(model, ours, f"NVIDIA generator ({cfg})")
     return model.eval().requires_grad_(False)
