@@ -299,3 +299,28 @@ def test_cli_refuses_feature_misuse_with_a_clear_message(argv, message, capsys, 
     assert _cli(*argv, "--out", tmp_path / "o") == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_world_build_stage_adds_an_image_translator_and_the_aesthetic_head(tiny_text_pipeline, tmp_path):
+    """build_world's image-feature stage (also add_image_features on a built world): a translator trained
+    on the same pairs without condition noise, and the world's head, both loadable by the pipeline."""
+    from tr0n_rt.export.pipeline import TorchPipeline
+    from tr0n_rt.export.worlds.build import build_image_features
+
+    folder = tmp_path / "p"
+    shutil.copytree(tiny_text_pipeline, folder)
+    p = TorchPipeline.load(folder)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(256, 8, generator=g)
+    c = torch.nn.functional.normalize(torch.randn(256, 16, generator=g), dim=1)
+    parts = build_image_features("shapes", folder, p.condition_model, z, c, p.translator.config, seed=0,
+                                 progress=False)
+    assert parts["image_translator"]["weights"] == "image_translator.safetensors"
+    assert parts["aesthetic"]["weights"] == "aesthetic.safetensors"
+    assert -1.0 <= parts["aesthetic"]["fit"]["heldout_r2"] <= 1.0
+    spec = json.loads((folder / "pipeline.json").read_text())
+    (folder / "pipeline.json").write_text(json.dumps({**spec, **parts}))
+    q = TorchPipeline.load(folder)
+    assert q.image_translator is not None and q.aesthetic is not None
+    assert not torch.equal(q.image_translator.means_layer.weight, q.translator.means_layer.weight)
