@@ -65,7 +65,3 @@ class Energy(nn.Module):
         e = self.condition_model.encode_images(augmented)  # [B*A, d_c], unit norm
         similarity = (e * F.normalize(c_rep, dim=-1)).sum(-1)
         return similarity.reshape(b, a).mean(dim=1), self.aesthetic(e).reshape(b, a).mean(dim=1)
-
-    def of_images(self, images: torch.Tensor, c: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """E [B] of given images (no aesthetic term)."""
-        return -self.terms(images, c, u)[0]

@@ -324,3 +324,18 @@ def test_world_build_stage_adds_an_image_translator_and_the_aesthetic_head(tiny_
     q = TorchPipeline.load(folder)
     assert q.image_translator is not None and q.aesthetic is not None
     assert not torch.equal(q.image_translator.means_layer.weight, q.translator.means_layer.weight)
+
+
+def test_cli_interpolates_two_images_with_the_sources_at_the_strip_ends(tmp_path):
+    pytest.importorskip("onnxruntime")
+    Image.new("RGB", (32, 32), (230, 20, 20)).save(tmp_path / "red.png")
+    Image.new("RGB", (48, 32), (20, 40, 230)).save(tmp_path / "blue.png")
+    assert _cli("sample", "--image", tmp_path / "red.png", tmp_path / "blue.png", "--interpolate", 3,
+                "--samples", 2, "--out", tmp_path / "o") == 0
+    rec = json.loads((tmp_path / "o" / "samples.json").read_text())
+    assert rec["translator"] == "image_translator" and rec["interpolation"]["method"] == "slerp"
+    assert rec["interpolation"]["endpoints"] == [str(tmp_path / "red.png"), str(tmp_path / "blue.png")]
+    assert sorted((r["sample"], r["t"]) for r in rec["images"]) == [(j, t) for j in (0, 1) for t in (0.0, 0.5, 1.0)]
+    strip = Image.open(tmp_path / "o" / "strip.png")
+    cell = 32 * 4  # 32 px images shown at 4x
+    assert strip.width == 5 * cell and strip.height == 2 * (cell + 14)  # source, 3 points, source; 2 rows

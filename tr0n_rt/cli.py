@@ -192,11 +192,10 @@ def cmd_sample(args) -> int:
         n = len(interp[1])
         order = sorted(range(len(records)), key=lambda r: (records[r]["sample"], records[r]["t"]))
         cells, caps = [], []
+        src = [clip_pixels(f, sampler.info.image_size) * 2 - 1 for f in interp[0]] if args.image else None
         for j in range(args.samples):
             row = [r for r in order if records[r]["sample"] == j]
             if args.image:
-                size = sampler.info.image_size
-                src = [clip_pixels(f, size) * 2 - 1 for f in interp[0]]
                 cells += [src[0]] + [images[r] for r in row] + [src[1]]
                 caps += ["source"] + [captions[r] for r in row] + ["source"]
             else:

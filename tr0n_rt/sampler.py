@@ -74,11 +74,16 @@ class Sampler:
             c[i, self.class_index(cls)] = 1.0
         return c
 
-    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
-        """pixels [N, 3, S, S] in [0, 1] (images.clip_pixels) -> conditions [N, d_c] (CLIP image embedding)."""
+    def image_input(self) -> dict:
+        """How this pipeline's image_encoder takes images (bundle field image_input), or a PromptError."""
         if not self.info.image_input:
             raise PromptError(f"pipeline {self.info.name!r} takes no image conditions (its condition model is not "
                               "CLIP, or its bundle was exported without an image_encoder graph: re-export it)")
+        return self.info.image_input
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        """pixels [N, 3, S, S] in [0, 1] (images.clip_pixels) -> conditions [N, d_c] (CLIP image embedding)."""
+        self.image_input()
         out = self.backend.run("image_encoder", {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})
         return self.backend.to_host(out["condition"]).astype(np.float32)
 
@@ -86,10 +91,8 @@ class Sampler:
         """Image files (or folders of them) -> (conditions [N, d_c], the files in order)."""
         from .images import clip_pixels, image_files
 
-        if not self.info.image_input:
-            self.encode_images(np.zeros((0, 3, 1, 1), np.float32))  # raises the explanatory error
+        size = self.image_input()["size"]
         files = [f for p in paths for f in image_files(p)]
-        size = self.info.image_input["size"]
         return self.encode_images(np.stack([clip_pixels(f, size) for f in files])), files
 
     @property
