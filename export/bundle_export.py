@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +26,10 @@ from .pipeline import TorchPipeline
 from .validate import ValidationError, validate_fp16, validate_fp32
 
 OPSET = 18
+# Graphs whose weights exceed this are saved as two files, graph and weights: protobuf cannot serialize past
+# 2 GB, and onnx's in-memory tools (shape inference, checker) serialize the whole model. ViT-L-14's image
+# encoder, energy and step graphs (~1.3 GB float32) are over it; their FP16 variants are not.
+EXTERNAL_DATA_BYTES = 1 << 30
 DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT16: "float16"}
 
 
@@ -33,16 +38,42 @@ def tensor_specs(values) -> dict:
                      "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values}
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the model's initializers as serialized (weights loaded in memory)."""
+    return sum(t.ByteSize() for t in model.graph.initializer)
+
+
+def save_graph(model: onnx.ModelProto, path: Path, external_data_threshold: int = EXTERNAL_DATA_BYTES) -> list[Path]:
+    """Writes model to path atomically, and returns the files written. Weights beyond
+    external_data_threshold bytes go to `{path.name}.data` beside the graph (protobuf cannot serialize a
+    model past 2 GB). Saving with external data moves the weights out of the in-memory model."""
+    data = path.with_name(f"{path.name}.data")
+    if weight_bytes(model) <= external_data_threshold:
+        with atomic_path(path) as tmp:
+            onnx.save(model, str(tmp))
+        data.unlink(missing_ok=True)  # an earlier export's weights: no longer read
+        return [path]
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as stage:
+        staged = Path(stage) / path.name  # the graph records its weights file by name: stage under final names
+        onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name)
+        if not staged.with_name(data.name).exists():  # every tensor under onnx's 1 KB external-data minimum
+            os.replace(staged, path)
+            data.unlink(missing_ok=True)
+            return [path]
+        os.chmod(staged.with_name(data.name), staged.stat().st_mode & 0o777)  # onnx writes it owner-only
+        os.replace(staged.with_name(data.name), data)
+        os.replace(staged, path)
+    return [path, data]
 
 
 def export_bundle(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, fp16: bool = True,
                   validate: bool = True, progress: bool = False, graphs: list[str] | None = None,
-                  fp16_strict: bool = True) -> Path:
+                  fp16_strict: bool = True, external_data_threshold: int = EXTERNAL_DATA_BYTES) -> Path:
     """Exports every graph of the pipeline in pipeline_dir into out_dir (default: the same folder).
-    fp16_strict=False records FP16 results outside tolerance instead of failing (random test models)."""
+    fp16_strict=False records FP16 results outside tolerance instead of failing (random test models).
+    A graph whose weights exceed external_data_threshold bytes keeps them in `{graph file}.data`, listed
+    in the manifest's files like the graph itself."""
     import onnxruntime
     import torch
 
@@ -58,34 +89,37 @@ def export_bundle(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike | 
         entries = {g: m["graphs"][g] for g in keep}
         report = {g: m["export"]["graphs"][g] for g in keep if g in m.get("export", {}).get("graphs", {})}
         judge = m.get("judge")
-        files = {f: meta for f, meta in m.get("files", {}).items()
-                 if any(f in entries[g]["files"].values() for g in keep) or (judge and f == judge["file"])}
+        kept = {f for g in keep for f in entries[g]["files"].values()}
+        kept |= {f"{f}.data" for f in kept}  # their weights files, where they have them
+        files = {f: meta for f, meta in m.get("files", {}).items() if f in kept or (judge and f == judge["file"])}
     for spec in graph_specs(p):
         if graphs and spec.name not in graphs:
             continue
         tick = time.perf_counter()
         path = out / f"{spec.name}.onnx"
         export_graph(p, spec, path, opset=OPSET)
-        model = onnx.load(str(path))
+        model = onnx.load(str(path))  # with its weights (written beside it by the exporter)
         folded = fold_expanded_weights(model)
         problems = (expanded_weight_reads(model) + vendor_ops(model)
                     + scatter_gather_nd(model, allow_gather=spec.name == "text_encoder"))
         if problems:
             raise ValidationError(f"{spec.name}: graph has ops TensorRT/ORT handle badly: {problems[:5]}")
-        _save(model, path)
-        info = {"export_seconds": None, "expanded_weights_folded": folded}
-        if validate:
-            info["fp32"] = validate_fp32(p, spec, path)
         entry = {"files": {"fp32": path.name}, "inputs": tensor_specs(model.graph.input),
                  "outputs": tensor_specs(model.graph.output)}
-        files[path.name] = file_entry(path)
+        info = {"export_seconds": None, "expanded_weights_folded": folded}
+        path16 = out / f"{spec.name}.fp16.onnx"
+        model16 = fp16_mod.to_fp16(model) if fp16 else None  # before save_graph may move the weights out
+        written = save_graph(model, path, external_data_threshold)
+        del model  # validation reads the files: free the protos before ONNX Runtime loads its own copy
         if fp16:
-            path16 = out / f"{spec.name}.fp16.onnx"
-            _save(fp16_mod.to_fp16(model), path16)
-            if validate:
-                info["fp16"] = validate_fp16(p, spec, path16, path, strict=fp16_strict)
+            written += save_graph(model16, path16, external_data_threshold)
             entry["files"]["fp16"] = path16.name
-            files[path16.name] = file_entry(path16)
+            del model16
+        files.update({f.name: file_entry(f) for f in written})
+        if validate:
+            info["fp32"] = validate_fp32(p, spec, path)
+            if fp16:
+                info["fp16"] = validate_fp16(p, spec, path16, path, strict=fp16_strict)
         info["export_seconds"] = round(time.perf_counter() - tick, 1)
         entries[spec.name] = entry
         report[spec.name] = info

@@ -78,8 +78,28 @@ def remove_round_trips(model: onnx.ModelProto) -> int:
     return rewired
 
 
+def infer_shapes(model: onnx.ModelProto) -> None:
+    """Sets model.graph.value_info to the inferred types and shapes. onnx's in-memory inference
+    serializes the whole model (a second copy of every weight, and impossible past protobuf's 2 GB), so
+    it runs on a skeleton whose large initializers keep only their name, type and shape."""
+    skeleton = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
+                               functions=model.functions)
+    g = skeleton.graph
+    g.name = model.graph.name
+    for field in ("node", "input", "output", "value_info"):
+        getattr(g, field).extend(getattr(model.graph, field))
+    for t in model.graph.initializer:  # small ones (shapes, indices) may be read by the inference
+        g.initializer.append(t if t.ByteSize() <= 1024 else
+                             onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims))
+    inferred = onnx.shape_inference.infer_shapes(skeleton)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+
+
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    model = onnx.ModelProto.FromString(model.SerializeToString())  # leave the caller's model alone
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # leave the caller's model alone (in memory: no 2 GB limit)
+    model = copy
     for i, node in enumerate(model.graph.node):  # the converter blocks nodes by name
         if not node.name:
             node.name = f"node_{i}"
@@ -96,7 +116,8 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     noise_only = set(reachable_nodes(model, inputs & set(NOISE_INPUTS))) - set(reachable_nodes(model, data))
     blocked = set(reachable_nodes(model, inputs & set(OPTIMIZER_INPUTS))) | noise_only
     blocked |= set(light_input_functions(model))
+    infer_shapes(model)
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS + DEFAULT_OP_BLOCK_LIST,
-                                         node_block_list=sorted(blocked))
+                                         node_block_list=sorted(blocked), disable_shape_infer=True)
     remove_round_trips(converted)
     return converted

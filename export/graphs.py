@@ -4,6 +4,8 @@ bundle manifest, so exporter and runtime never disagree (see tr0n_rt/backends/ba
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,7 +142,9 @@ def example_inputs(p: TorchPipeline, name: str, batch: int = 2, copies: int = 3,
 
 
 def export_graph(p: TorchPipeline, spec: GraphSpec, path: str | Path, opset: int = 18) -> Path:
-    """Traces the graph's function (autograd included) and writes it as ONNX with dynamic axes."""
+    """Traces the graph's function (autograd included) and writes it as ONNX with dynamic axes: the graph
+    at `path`, its weights in `{path.name}.data` beside it (no protobuf past 2 GB is ever serialized;
+    onnx.load and ONNX Runtime read the weights back by that relative name)."""
     from torch.export import Dim
 
     fn = graph_function(p, spec.name)
@@ -153,9 +157,15 @@ def export_graph(p: TorchPipeline, spec: GraphSpec, path: str | Path, opset: int
                     for n in spec.inputs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".onnx.part")
-    torch.onnx.export(gm, args, str(tmp), dynamo=True, dynamic_shapes=dynamic, opset_version=opset,
-                      input_names=list(spec.inputs), output_names=list(spec.outputs), external_data=False,
-                      verbose=False)
-    tmp.replace(path)
+    # Export into a private folder under the final names (the graph records its weights file by name),
+    # then move the weights and the graph into place.
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as stage:
+        staged = Path(stage) / path.name
+        torch.onnx.export(gm, args, str(staged), dynamo=True, dynamic_shapes=dynamic, opset_version=opset,
+                          input_names=list(spec.inputs), output_names=list(spec.outputs), external_data=True,
+                          verbose=False)
+        data = staged.with_name(f"{path.name}.data")
+        if data.exists():
+            os.replace(data, path.with_name(data.name))
+        os.replace(staged, path)
     return path

@@ -17,7 +17,9 @@ A bundle is a folder with `manifest.json` and the files it lists:
                     the image_encoder graph's pixels (CLIP pipelines)
     aesthetic       {"dim": d_c} | null: the step graph takes aesthetic_weight, the energy graph returns aesthetic
     judge           the world's independent judge as judge.onnx + its prompt rule | null (tr0n_rt/judge.py)
-    files           {file: {"sha256": hex, "bytes": n}}     every file the bundle needs, checked on load
+    files           {file: {"sha256": hex, "bytes": n}}     every file the bundle needs, checked on load:
+                    graph files, and the weights file `{graph file}.data` of a graph saved with external
+                    data (weights over 1 GiB; the graph names it as its initializers' location)
     export          exporter, opset, library versions, validation figures (informational)
 
 Graph names and tensor meanings are those of tr0n_rt/backends/base.py.
@@ -170,6 +172,18 @@ def verify_files(folder: Path, files: dict) -> None:
         if sha256_file(f) != meta.get("sha256"):
             raise BundleError(f"bundle file {f} does not match its sha256 in the manifest: it was modified "
                               "or corrupted; re-export or re-copy the bundle")
+
+
+def graph_fingerprint(manifest: dict, file: str) -> str:
+    """What identifies a graph's content: its file's sha256, combined with that of its external weights
+    (`<file>.data`, written beside graphs too large for one protobuf) when it has them. A graph file with
+    external weights records only where they lie, so its own hash does not change with them."""
+    files = manifest["files"]
+    graph = files.get(file, {}).get("sha256", "")
+    data = files.get(f"{file}.data")
+    if data is None:
+        return graph
+    return hashlib.sha256(f"{graph}+{data.get('sha256', '')}".encode()).hexdigest()
 
 
 def file_entry(path: Path) -> dict:

@@ -4,7 +4,8 @@ Life cycle: open (manifest, checksums, declared IO of every graph checked agains
 load (one session per graph, on first use) -> run. Imports no torch.
 
 CPU: inputs and outputs are numpy arrays. Sessions are optimised once (ORT_ENABLE_ALL) and the
-optimised graph is cached, so a later open loads it with optimisation off.
+optimised graph is cached, so a later open loads it with optimisation off. Graphs whose weights are in
+a file of their own (`{graph}.onnx.data`, large models) are loaded by path, so ONNX Runtime finds it.
 CUDA / TensorRT: IO binding. Inputs that are already OrtValues on the device are bound as they are,
 outputs are bound to the device and returned as OrtValues, so the Langevin state never leaves the
 GPU between steps. Only `to_host` copies back.
@@ -16,6 +17,7 @@ import hashlib
 import mmap
 import os
 import platform
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,9 @@ CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "Tensorrt
 SHORT_NAMES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT}
 AUTO = (TENSORRT, CUDA, CPU)  # providers=None: the fastest that this onnxruntime build has
 GPU_PROVIDERS = (TENSORRT, CUDA)
+# Optimised graphs of bigger graphs are cached as graph + weights file: constant folding (transposed
+# weights) can take them past protobuf's 2 GB.
+CACHE_INLINE_BYTES = 256 << 20
 
 
 def import_onnxruntime():
@@ -113,7 +118,9 @@ class OrtBackend(Backend):
         bundle = load_bundle(bundle_dir)
         for graph in bundle.manifest["graphs"]:  # before any sampling: files exist and declare the manifest's IO
             path = bundle.graph_file(graph, precision)
-            check_io(bundle, graph, path, *onnx_io(path))
+            inputs, outputs, data_files = onnx_io(path)
+            check_io(bundle, graph, path, inputs, outputs)
+            check_data_files(bundle, graph, path, data_files)
         return cls(bundle, resolved, precision, cache_dir, device_id)
 
     # --- sessions ----------------------------------------------------------------------------------
@@ -143,22 +150,42 @@ class OrtBackend(Backend):
                 return self._checked_session(graph, cache_file, optimize=False), "cache", cache_file
             except (BackendError, BundleError):  # unreadable, or not this graph's IO: rebuild it
                 cache_file.unlink(missing_ok=True)
+                cache_file.with_name(f"{cache_file.name}.data").unlink(missing_ok=True)
         try:
-            with atomic_path(cache_file) as tmp:  # optimise into a temp name, then os.replace
-                session = self._checked_session(graph, path, optimize=True, save_to=tmp)
+            files = self.bundle.manifest["files"]
+            if sum(files[name]["bytes"] for name in self._graph_files(graph)) > CACHE_INLINE_BYTES:
+                session = self._save_with_weights_file(graph, path, cache_file)
+            else:
+                with atomic_path(cache_file) as tmp:  # optimise into a temp name, then os.replace
+                    session = self._checked_session(graph, path, optimize=True, save_to=tmp)
             return session, "graph", cache_file
         except OSError:  # no writable cache folder: run uncached
             return self._checked_session(graph, path, optimize=True), "graph", None
         except BackendError as e:
-            # ORT cannot save an optimised graph past protobuf's 2 GB (seen: ViT-B-32 + StyleGAN2-256
-            # step): run the optimised session uncached rather than not at all
+            # ORT cannot save an inline optimised graph past protobuf's 2 GB (a graph under
+            # CACHE_INLINE_BYTES that constant folding grows that far): run it uncached rather than not at all
             if "Protobuf serialization failed" not in str(e):
                 raise
             return self._checked_session(graph, path, optimize=True), "graph", None
 
-    def _checked_session(self, graph: str, path: Path, optimize: bool, save_to: Path | None = None):
+    def _save_with_weights_file(self, graph: str, path: Path, cache_file: Path):
+        """Optimises a large graph into cache_file plus its weights in `{cache_file.name}.data`: folded
+        constants (transposed weights) can take the optimised graph past protobuf's 2 GB. Both are
+        written under their final names in a private folder, then moved into place, weights first."""
+        data = cache_file.with_name(f"{cache_file.name}.data")
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{cache_file.name}.", dir=self.cache_dir) as stage:
+            staged = Path(stage) / cache_file.name
+            session = self._checked_session(graph, path, optimize=True, save_to=staged, weights_file=data.name)
+            if staged.with_name(data.name).exists():  # absent when every weight is under ORT's 1 KB minimum
+                os.replace(staged.with_name(data.name), data)
+            os.replace(staged, cache_file)
+        return session
+
+    def _checked_session(self, graph: str, path: Path, optimize: bool, save_to: Path | None = None,
+                         weights_file: str | None = None):
         """A session whose providers are those asked for and whose IO is the manifest's."""
-        session = self._session(path, optimize, save_to)
+        session = self._session(path, optimize, save_to, weights_file)
         if self.on_gpu and self.providers[0] not in session.get_providers():
             raise BackendError(f"{self.providers[0]} failed to start (the session fell back to "
                                f"{', '.join(session.get_providers())}); check the CUDA/cuDNN/TensorRT install "
@@ -167,14 +194,22 @@ class OrtBackend(Backend):
         return session
 
     def cache_key(self, graph: str) -> str:
-        """sha256 of the graph file (manifest), onnxruntime version, providers, and the host CPU: graphs
-        optimised with ORT_ENABLE_ALL may use layouts tuned to this CPU's vector width (NCHWc)."""
-        name = self.bundle.manifest["graphs"][graph]["files"][self.precision]
-        parts = [self.bundle.manifest["files"][name]["sha256"], self.ort.__version__, ",".join(self.providers),
-                 host_cpu()]
+        """sha256 of the graph file and of its weights file if it has one (manifest), onnxruntime version,
+        providers, and the host CPU: graphs optimised with ORT_ENABLE_ALL may use layouts tuned to this
+        CPU's vector width (NCHWc). A graph with external weights records only their offsets, so another
+        export's weights can come with the very same graph file."""
+        files = self.bundle.manifest["files"]
+        parts = [files[name]["sha256"] for name in self._graph_files(graph)]
+        parts += [self.ort.__version__, ",".join(self.providers), host_cpu()]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
-    def _session(self, path: Path, optimize: bool, save_to: Path | None = None):
+    def _graph_files(self, graph: str) -> list[str]:
+        """The graph's file and the weights files it reads, as named in the manifest's files."""
+        path = self.bundle.graph_file(graph, self.precision)
+        return [path.name, *onnx_io(path)[2]]
+
+    def _session(self, path: Path, optimize: bool, save_to: Path | None = None, weights_file: str | None = None):
+        """weights_file: with save_to, the optimised graph's weights go to that file (a name beside save_to)."""
         ort = self.ort
         so = ort.SessionOptions()
         so.log_severity_level = 3  # errors only: the NCHWc "hardware specific" warning is handled by the key
@@ -183,6 +218,8 @@ class OrtBackend(Backend):
         if save_to is not None:
             so.optimized_model_filepath = str(save_to)
             so.add_session_config_entry("session.save_model_format", "ONNX")
+            if weights_file is not None:
+                so.add_session_config_entry("session.optimized_model_external_initializers_file_name", weights_file)
         try:
             return ort.InferenceSession(str(path), sess_options=so, providers=self._provider_options())
         except Exception as e:  # onnxruntime's own exception types (Fail, InvalidGraph, ...) share no base
@@ -341,25 +378,43 @@ def tensor_problems(spec: dict, dtype: str, shape: list | None) -> list[str]:
     return problems
 
 
-def onnx_io(path: Path) -> tuple[dict, dict]:
-    """name -> (dtype, shape) of an ONNX file's graph inputs (initializers excluded) and outputs, read
-    from the protobuf without loading weights or needing the onnx package.
-    ModelProto.graph = 7; GraphProto.initializer = 5, input = 11, output = 12; TensorProto.name = 8."""
+def onnx_io(path: Path) -> tuple[dict, dict, list[str]]:
+    """name -> (dtype, shape) of an ONNX file's graph inputs (initializers excluded) and outputs, and the
+    files its external-data initializers read (relative names), from the protobuf without loading
+    weights or needing the onnx package.
+    ModelProto.graph = 7; GraphProto.initializer = 5, input = 11, output = 12; TensorProto.name = 8,
+    external_data = 13 (StringStringEntryProto: key = 1, value = 2; the file is key "location")."""
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             graph = [v for field, wire, v in fields(buf, 0, len(buf)) if field == 7 and wire == 2]
             if not graph:
                 raise ValueError("no graph")
-            ios, init = {11: {}, 12: {}}, set()
+            ios, init, data_files = {11: {}, 12: {}}, set(), []
             for field, wire, v in fields(buf, *graph[-1]):
                 if field in ios and wire == 2:
                     name, info = value_info(buf, *v)
                     ios[field][name] = info
                 elif field == 5 and wire == 2:
-                    init.update(text(buf, t) for f_t, w_t, t in fields(buf, *v) if f_t == 8 and w_t == 2)
+                    for f_t, w_t, t in fields(buf, *v):
+                        if f_t == 8 and w_t == 2:
+                            init.add(text(buf, t))
+                        elif f_t == 13 and w_t == 2:
+                            entry = {k: text(buf, x) for k, w_x, x in fields(buf, *t) if w_x == 2}
+                            if entry.get(1) == "location" and entry.get(2) not in data_files:
+                                data_files.append(entry[2])
     except (OSError, ValueError, IndexError, UnicodeDecodeError) as e:
         raise BundleError(f"graph file {path} is not a readable ONNX model ({e}); re-export the bundle") from None
-    return {n: io for n, io in ios[11].items() if n not in init}, ios[12]
+    return {n: io for n, io in ios[11].items() if n not in init}, ios[12], data_files
+
+
+def check_data_files(bundle: Bundle, graph: str, path: Path, data_files: list[str]) -> None:
+    """BundleError unless every weights file the graph reads is listed in the manifest's files (and
+    therefore checked against its sha256 on load)."""
+    unlisted = [f for f in data_files if f not in bundle.manifest["files"]]
+    if unlisted:
+        raise BundleError(f"bundle {bundle.folder}: graph {graph!r} ({path.name}) reads weights from "
+                          f"{', '.join(unlisted)}, which the manifest does not list: the bundle is inconsistent; "
+                          "re-export it with `tr0n-rt export`")
 
 
 def value_info(buf, start, end) -> tuple[str, tuple]:
