@@ -27,7 +27,7 @@ from tr0n_rt.atomic import write_bytes, write_json
 from tr0n_rt.backends.tensorrt import (  # noqa: F401  (check_engine_compatible: re-exported for the build side)
     AXES, check_engine_compatible, concrete_shape, import_tensorrt, sm_name,
 )
-from tr0n_rt.bundle import PRECISIONS, file_entry, load_bundle
+from tr0n_rt.bundle import PRECISIONS, file_entry, graph_fingerprint, load_bundle
 from tr0n_rt.errors import BackendError, BundleError, ConfigError
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
@@ -196,7 +196,7 @@ def build_engines(bundle_dir, batch_sizes=DEFAULT_BATCH_SIZES, copies=None, comp
             continue
         seconds[graph] = round(time.perf_counter() - tick, 1)
         stamp = stamp_record(plan, profiles, settings, trt.__version__, gpu_name, cc, source.name,
-                             bundle.manifest["files"][source.name]["sha256"])
+                             graph_fingerprint(bundle.manifest, source.name))
         stamps[graph] = {precision: stamp}
         if progress:
             print(f"  {graph}: {plan.name}, {len(profiles)} profile(s), {stamp['bytes'] / 2**20:.1f} MiB, "

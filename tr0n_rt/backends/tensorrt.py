@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import Bundle, load_bundle
+from ..bundle import Bundle, graph_fingerprint, load_bundle
 from ..errors import BackendError, BundleError, ConfigError
 from .base import STATE_NAMES, Backend
 from .cuda import StepGraphs, open_device, pick_batch, put, shape_key
@@ -121,7 +121,7 @@ def check_engine_source(bundle: Bundle, graph: str, stamp: dict) -> None:
     """BackendError if the engine was built from another version of the graph than the bundle's own."""
     source = stamp.get("source", {})
     files = bundle.manifest["graphs"][graph]["files"]
-    current = bundle.manifest["files"].get(source.get("file", ""), {}).get("sha256")
+    current = graph_fingerprint(bundle.manifest, source.get("file", ""))
     if source.get("file") not in files.values() or current != source.get("sha256"):
         raise BackendError(f"the {graph} engine was built from a different {source.get('file', 'graph')} than the "
                            f"bundle now holds (re-exported since?); {REBUILD.format(bundle=bundle.folder)}")
