@@ -3,7 +3,10 @@ frozen into a constant cannot match both), run by polygraphy's ONNX Runtime runn
 
 Tolerances (relative error = ||onnx - torch|| / ||torch|| over a whole output tensor, which stays
 meaningful where elementwise relative error explodes on near-zero elements):
-    float32:  <= 1e-4 on every output (gradients included; the step graph's outputs are the update)
+    float32:  <= 1e-4 on every output (gradients included; the step graph's outputs are the update);
+              where torch's own float32 result is itself further than that from float64 (kinks in tiny
+              nets), within 10x torch's float32 error of the float64 result, at most 1e-2, recorded
+              in the report as "ill_conditioned"
     float16:  <= 1e-2 on E; cosine >= 0.999 between the FP16 and float32 gradients; <= 2e-2 elsewhere
 The step graph's gradients are read from its outputs with zero optimizer state: velocity_next is then
 the clipped dE/dmeans and adam_m_next = (1 - beta1) * clipped dE/dlogits.
@@ -23,6 +26,8 @@ from .graphs import GraphSpec, example_inputs, graph_function
 from .pipeline import TorchPipeline
 
 FP32_RTOL = 1e-4
+ILL_CONDITIONED_FACTOR = 10.0  # see _against_float64
+FP32_CAP = 1e-2
 FP16_ENERGY_RTOL = 1e-2
 FP16_GRAD_COSINE = 0.999
 FP16_RTOL = 2e-2
@@ -125,11 +130,47 @@ def validate_fp32(p: TorchPipeline, spec: GraphSpec, path: Path) -> dict:
     got = [dict(it) for it in results[0][1]]
     errs = {o: max(rel_err(g[o], r[o]) for g, r in zip(got, ref)) for o in spec.outputs}
     worst = max(errs, key=errs.get)
+    report = {"max_rel_err": errs[worst], "rel_err": errs}
     if errs[worst] > FP32_RTOL:
-        raise ValidationError(f"{path.name}: output {worst!r} differs from torch by {errs[worst]:.2e} relative "
-                              f"(float32 tolerance {FP32_RTOL:.0e})")
+        report["ill_conditioned"] = _against_float64(p, spec, feeds, ref, got, path)
     _check_inputs_matter(got, spec)
-    return {"max_rel_err": errs[worst], "rel_err": errs}
+    return report
+
+
+def _against_float64(p: TorchPipeline, spec: GraphSpec, feeds, ref, got, path: Path) -> dict:
+    """The fallback when ONNX Runtime and torch disagree beyond FP32_RTOL: is torch's own float32 result
+    that far from the truth? Both are compared with torch in float64. The graph passes if, for every
+    output, ONNX Runtime is within ILL_CONDITIONED_FACTOR x torch's own float32 error of the float64
+    result (and within FP32_CAP). That happens at kinks (a ReLU or max whose branch flips with rounding
+    in a net of a few channels: seen on a 4-channel random BigGAN, where torch float32 itself is 1e-3
+    from float64); a wrong or frozen graph is still orders of magnitude off. Raises ValidationError."""
+    ref64 = run_torch_float64(p, spec, feeds)
+    out = {}
+    for o in spec.outputs:
+        torch_err = max(rel_err(r[o], r64[o]) for r, r64 in zip(ref, ref64))
+        onnx_err = max(rel_err(g[o], r64[o]) for g, r64 in zip(got, ref64))
+        bound = min(FP32_CAP, max(FP32_RTOL, ILL_CONDITIONED_FACTOR * torch_err))
+        if onnx_err > bound:
+            raise ValidationError(
+                f"{path.name}: output {o!r} differs from torch by {max(rel_err(g[o], r[o]) for g, r in zip(got, ref)):.2e} "
+                f"relative (float32 tolerance {FP32_RTOL:.0e}), and from torch in float64 by {onnx_err:.2e}, where "
+                f"torch's own float32 result is {torch_err:.2e} from it")
+        out[o] = {"torch_fp32_vs_fp64": torch_err, "onnx_vs_fp64": onnx_err}
+    return out
+
+
+def run_torch_float64(p: TorchPipeline, spec: GraphSpec, feeds) -> list[dict[str, np.ndarray]]:
+    """The graph's torch function in float64 (modules converted for the call, then back)."""
+    modules = [m for m in (p.generator, p.condition_model, p.translator, p.image_translator, p.aesthetic)
+               if m is not None]
+    for m in modules:
+        m.double()
+    try:
+        feeds64 = [{k: v.double() if v.is_floating_point() else v for k, v in x.items()} for x in feeds]
+        return run_torch(p, spec, feeds64)
+    finally:
+        for m in modules:
+            m.float()
 
 
 def _check_inputs_matter(got, spec: GraphSpec) -> None:

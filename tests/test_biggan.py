@@ -522,5 +522,9 @@ def test_biggan_pipeline_step_exports_and_validates(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert set(m["graphs"]) == {"step"}
     report = m["export"]["graphs"]["step"]
-    assert report["fp32"]["max_rel_err"] <= 1e-4, report
+    fp32 = report["fp32"]
+    # A 4-channel random BigGAN sits on ReLU kinks: with 2 threads torch's own float32 step is 1e-3 from
+    # float64 there, and validation then judges ONNX Runtime against float64 (export/validate.py).
+    assert fp32["max_rel_err"] <= 1e-4 or all(
+        v["onnx_vs_fp64"] <= max(1e-4, 10 * v["torch_fp32_vs_fp64"]) for v in fp32["ill_conditioned"].values()), fp32
     assert m["graphs"]["step"]["inputs"]["means"]["shape"] == ["batch", "components", 20]  # 12 z + 8 y
