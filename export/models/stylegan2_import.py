@@ -199,15 +199,20 @@ def import_rosinality(path_or_state, resolution: int | None = None, **config) ->
     "g", else the dict itself). The config is inferred from the keys; `resolution` and `config` override it
     (e.g. noise="none", mapping_lr_mul). Any missing, unexpected or misshapen key raises CheckpointError."""
     state = load_rosinality_state(path_or_state)
-    inferred = infer_config(state)
-    if resolution is not None and resolution != inferred["resolution"]:
-        raise CheckpointError(f"checkpoint is {inferred['resolution']}x{inferred['resolution']} "
-                              f"(from its to_rgbs/convs), not the requested {resolution}")
-    cfg = {**inferred, **config}
-    model = StyleGAN2Generator(**cfg)
+    model, cfg = configured_generator(infer_config(state), resolution, config, "its to_rgbs/convs")
     ours = from_rosinality(state, cfg["resolution"], cfg["mapping_layers"], noise=cfg.get("noise", "const"))
     load_fitting(model, ours, f"rosinality checkpoint ({cfg})")
     return model.eval().requires_grad_(False)
+
+
+def configured_generator(inferred: dict, resolution: int | None, config: dict, where: str):
+    """(StyleGAN2Generator, its config): the config inferred from a checkpoint, overridden by `config`;
+    a requested `resolution` must be the checkpoint's (`where` says what it was read from)."""
+    if resolution is not None and resolution != inferred["resolution"]:
+        raise CheckpointError(f"checkpoint is {inferred['resolution']}x{inferred['resolution']} "
+                              f"(from {where}), not the requested {resolution}")
+    cfg = {**inferred, **config}
+    return StyleGAN2Generator(**cfg), cfg
 
 
 NVIDIA_SUFFIXES = (".pkl",)

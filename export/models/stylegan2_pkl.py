@@ -60,7 +60,7 @@ from tr0n_rt.errors import CheckpointError
 
 from ..checkpoints import load_fitting
 from .stylegan2 import StyleGAN2Generator, fir_kernel
-from .stylegan2_import import key_table
+from .stylegan2_import import configured_generator, key_table
 
 # ---- stand-ins the unpickler hands out instead of NVIDIA's and torch's code ---------------------------------
 
@@ -435,12 +435,7 @@ def import_nvidia_pkl(path_or_record, resolution: int | None = None, network: st
     override it (e.g. noise="none", or conv_clamp=None to run without NVIDIA's clamp).
     Any missing, unexpected or misshapen key, or a layout ours does not reproduce, raises CheckpointError."""
     record = path_or_record if isinstance(path_or_record, dict) else load_nvidia_pkl(path_or_record, network)
-    inferred = infer_config(record)
-    if resolution is not None and resolution != inferred["resolution"]:
-        raise CheckpointError(f"checkpoint is {inferred['resolution']}x{inferred['resolution']} "
-                              f"(from its synthesis blocks), not the requested {resolution}")
-    cfg = {**inferred, **config}
-    model = StyleGAN2Generator(**cfg)
+    model, cfg = configured_generator(infer_config(record), resolution, config, "its synthesis blocks")
     ours = from_nvidia(record["state_dict"], cfg["resolution"], cfg["mapping_layers"], noise=cfg["noise"])
     load_fitting(model, ours, f"NVIDIA generator ({cfg})")
     return model.eval().requires_grad_(False)
