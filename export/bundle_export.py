@@ -16,7 +16,6 @@ from pathlib import Path
 import onnx
 
 from tr0n_rt.atomic import atomic_path, write_json
-from tr0n_rt.backends.torch import clip_image_input
 from tr0n_rt.bundle import FORMAT, SCHEMA_VERSION, file_entry
 
 from . import fp16 as fp16_mod
@@ -140,7 +139,7 @@ def export_bundle(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike | 
         "mixture": {"components": p.translator.config.num_components},
         "image": {"size": p.generator.image_size, "channels": p.generator.channels},
         "tokenizer": tokenizer,
-        "image_input": clip_image_input(p.condition_model) if p.image_conditioning else None,
+        "image_input": p.condition_model.image_input() if p.image_conditioning else None,
         "aesthetic": {"dim": p.translator.config.cond_dim} if p.aesthetic is not None else None,
         "augment": {**asdict(p.augment), "policy": list(p.augment.policy)},
         "sampling": p.sampling.to_dict(),

@@ -50,6 +50,12 @@ class Energy(nn.Module):
             return -similarity
         return -similarity - aesthetic_weight * aesthetic
 
+    def graph_outputs(self, z: torch.Tensor, c: torch.Tensor, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The energy graph's outputs: energy [B] (the similarity term alone), and aesthetic [B] (the mean
+        head score) when there is a head."""
+        similarity, aesthetic = self.terms(self.generator(z), c, u)
+        return {"energy": -similarity, **({"aesthetic": aesthetic} if aesthetic is not None else {})}
+
     def terms(self, images: torch.Tensor, c: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mean score [B] over the A copies, and mean aesthetic score [B] (None without a head)."""
         b, a = images.shape[0], u.shape[1]

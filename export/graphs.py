@@ -79,8 +79,7 @@ def graph_function(p: TorchPipeline, name: str):
         return (p.generator(latent),)
 
     def energy_fn(latent, condition, aug_noise):
-        similarity, aesthetic = energy.terms(p.generator(latent), condition, aug_noise)
-        return (-similarity,) if aesthetic is None else (-similarity, aesthetic)
+        return tuple(energy.graph_outputs(latent, condition, aug_noise).values())  # spec order: energy, aesthetic
 
     def step(means, logits, velocity, adam_m, adam_v, step, condition, aug_noise, sgld_noise, hparams):
         state = dict(zip(STATE_NAMES, (means, logits, velocity, adam_m, adam_v, step)))

@@ -24,6 +24,18 @@ def small_generator(seed: int = 0, **overrides) -> StyleGAN2Generator:
     return g
 
 
+def square_energy_and_grad(g: StyleGAN2Generator):
+    """w -> (E, dE/dw) with E = mean of G(w)^2 per image: a stand-in energy whose gradient crosses all of G."""
+    def energy_and_grad(w):
+        with torch.enable_grad():
+            w = w.detach().requires_grad_(True)
+            e = g(w).square().mean(dim=(1, 2, 3))
+            (grad,) = torch.autograd.grad(e.sum(), w)
+        return e.detach(), grad
+
+    return energy_and_grad
+
+
 def latents(g: StyleGAN2Generator, n: int, seed: int = 1) -> torch.Tensor:
     return g.sample_latent(n, torch.Generator().manual_seed(seed))
 
@@ -216,14 +228,7 @@ def test_clamped_gradient_traces_with_make_fx_and_matches_eager():
     from tr0n_rt.export.gradient import trace
 
     g = small_generator(conv_clamp=0.5)
-
-    def energy_and_grad(w):
-        with torch.enable_grad():
-            w = w.detach().requires_grad_(True)
-            e = g(w).square().mean(dim=(1, 2, 3))
-            (grad,) = torch.autograd.grad(e.sum(), w)
-        return e.detach(), grad
-
+    energy_and_grad = square_energy_and_grad(g)
     gm = trace(energy_and_grad, (latents(g, 2),))
     ops = [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
     # G's final [-1, 1] clamp + one per synthesis layer and ToRGB (11), each with its masked backward
@@ -271,14 +276,7 @@ def test_traced_gradient_exports_with_a_dynamic_batch(tmp_path, conv_clamp):
     from tr0n_rt.export.onnx_fixes import expanded_weight_reads, scatter_gather_nd
 
     g = small_generator(conv_clamp=conv_clamp)
-
-    def energy_and_grad(w):
-        with torch.enable_grad():
-            w = w.detach().requires_grad_(True)
-            e = g(w).square().mean(dim=(1, 2, 3))
-            (grad,) = torch.autograd.grad(e.sum(), w)
-        return e.detach(), grad
-
+    energy_and_grad = square_energy_and_grad(g)
     example = latents(g, 2)
     if conv_clamp is not None:
         unclamped = small_generator()

@@ -97,6 +97,12 @@ class OpenClipModel(TextConditionModel):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.clip.encode_image(self.preprocess(images)), dim=-1)
 
+    def image_input(self) -> dict:
+        """How a user's image becomes encode_pixels' input (tr0n_rt.images.clip_pixels): the bundle's
+        image_input field."""
+        return {"size": int(self.input_size), "mean": [float(v) for v in self.mean.flatten()],
+                "std": [float(v) for v in self.std.flatten()], "resize": "shortest side, bicubic", "crop": "center"}
+
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """A user's image, already resized and centre-cropped to the encoder's size as open_clip's eval
         transform does (tr0n_rt.images.clip_pixels): pixels [N, 3, S, S] in [0, 1] -> c [N, cond_dim]."""

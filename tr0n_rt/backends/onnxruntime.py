@@ -95,8 +95,10 @@ class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, providers: list[str], precision: str = "fp32",
-                 cache_dir: Path | None = None, device_id: int = 0):
+                 cache_dir: Path | None = None, device_id: int = 0, weights_files: dict[str, list[str]] | None = None):
+        """weights_files: graph -> the external weights files its graph file reads (open() reads them once)."""
         self.ort = import_onnxruntime()
+        self.weights_files = dict(weights_files or {})
         self.bundle, self.info = bundle, bundle.info
         self.providers, self.precision, self.device_id = providers, precision, device_id
         self.cache_dir = cache_root(cache_dir)
@@ -116,12 +118,13 @@ class OrtBackend(Backend):
         if not resolved:
             raise BackendError(f"no usable execution provider (available: {', '.join(ort.get_available_providers())})")
         bundle = load_bundle(bundle_dir)
+        weights_files = {}
         for graph in bundle.manifest["graphs"]:  # before any sampling: files exist and declare the manifest's IO
             path = bundle.graph_file(graph, precision)
-            inputs, outputs, data_files = onnx_io(path)
+            inputs, outputs, weights_files[graph] = onnx_io(path)
             check_io(bundle, graph, path, inputs, outputs)
-            check_data_files(bundle, graph, path, data_files)
-        return cls(bundle, resolved, precision, cache_dir, device_id)
+            check_data_files(bundle, graph, path, weights_files[graph])
+        return cls(bundle, resolved, precision, cache_dir, device_id, weights_files)
 
     # --- sessions ----------------------------------------------------------------------------------
     def load(self, graph: str) -> LoadedGraph:
@@ -206,7 +209,9 @@ class OrtBackend(Backend):
     def _graph_files(self, graph: str) -> list[str]:
         """The graph's file and the weights files it reads, as named in the manifest's files."""
         path = self.bundle.graph_file(graph, self.precision)
-        return [path.name, *onnx_io(path)[2]]
+        if graph not in self.weights_files:  # a backend built without open()
+            self.weights_files[graph] = onnx_io(path)[2]
+        return [path.name, *self.weights_files[graph]]
 
     def _session(self, path: Path, optimize: bool, save_to: Path | None = None, weights_file: str | None = None):
         """weights_file: with save_to, the optimised graph's weights go to that file (a name beside save_to)."""

@@ -38,7 +38,7 @@ class TorchBackend(Backend):
             latent_dim=p.generator.latent.dim, num_components=p.translator.config.num_components,
             image_size=p.generator.image_size, channels=p.generator.channels, latent_bounds=self.bound,
             tokenizer=p.spec.get("tokenizer"), classes=p.classes, sampling=p.sampling,
-            image_input=clip_image_input(p.condition_model) if p.image_conditioning else None,
+            image_input=p.condition_model.image_input() if p.image_conditioning else None,
             image_translator=p.image_translator is not None, aesthetic=p.aesthetic is not None,
         )
         self.step_inputs = STEP_INPUTS + (("aesthetic_weight",) if p.aesthetic is not None else ())
@@ -85,8 +85,7 @@ class TorchBackend(Backend):
             if graph == "generator":
                 return {"images": p.generator(t["latent"])}
             if graph == "energy":
-                similarity, aesthetic = self.energy.terms(p.generator(t["latent"]), t["condition"], t["aug_noise"])
-                return {"energy": -similarity, **({"aesthetic": aesthetic} if aesthetic is not None else {})}
+                return self.energy.graph_outputs(t["latent"], t["condition"], t["aug_noise"])
             if graph == "step":
                 return self.step_graphs.run(t) if self.step_graphs is not None else self.eager_step(t)
         raise BackendError(f"the torch backend has no graph {graph!r}")
@@ -106,12 +105,6 @@ class TorchBackend(Backend):
 
 
 STEP_INPUTS = STATE_NAMES + ("condition", "aug_noise", "sgld_noise", "hparams")
-
-
-def clip_image_input(model) -> dict:
-    """How a user's image becomes the image_encoder's pixels (tr0n_rt.images.clip_pixels)."""
-    return {"size": int(model.input_size), "mean": [float(v) for v in model.mean.flatten()],
-            "std": [float(v) for v in model.std.flatten()], "resize": "shortest side, bicubic", "crop": "center"}
 
 
 class TorchStepGraphs:
