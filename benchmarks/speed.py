@@ -8,6 +8,11 @@ backend runs the same inputs: warm-up, then repeated timed runs; medians and the
 backend (torch: eager on the CPU, CUDA-graph replay on a GPU) are reported (ratios < 1: faster). Outputs
 are checked to agree, so a fast wrong graph cannot win. benchmarks/flops.py --timings turns the medians
 into achieved FLOP/s and a fraction of the device's peak.
+
+--isolate N runs every backend in a process of its own, N rounds in rotating order, and pools the
+repeats of all rounds. Use it on the CPU: in one process, onnxruntime's thread pool slows torch's next
+runs (digits, batch 8: torch 31 ms alone, 37-40 ms right after onnxruntime, even 1 s later), and a
+shared VM drifts between fast and slow phases that rotating rounds spread over every backend.
 """
 from __future__ import annotations
 
@@ -16,7 +21,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,6 +64,47 @@ def time_steps(backends: dict, inputs: dict, warmup: int, repeats: int) -> dict:
     return results
 
 
+def label_of(name: str, precision: str, device: str) -> str:
+    if name == "torch":
+        return "torch eager" if device == "cpu" else "torch cuda graph"
+    return f"{name} {precision}"
+
+
+def open_backends(configs, pipeline: Path, device: str) -> dict:
+    from tr0n_rt.backends import open_backend
+
+    return {label_of(n, p, device): open_backend(n, pipeline, device=device, precision=p) for n, p in configs}
+
+
+def measure(backends: dict, shapes, warmup: int, repeats: int) -> dict:
+    """{(batch, copies): {label: (seconds per repeat, outputs)}}, every backend in this process."""
+    info = next(iter(backends.values())).info
+    return {(b, a): time_steps(backends, step_inputs(info, b, a), warmup, repeats) for b, a in shapes}
+
+
+def measure_isolated(args, configs, shapes, rounds: int) -> dict:
+    """As measure(), each backend in a fresh process per round, rounds in rotating order; the repeats of
+    all rounds pooled, the outputs of the first round kept."""
+    merged: dict = {shape: {} for shape in shapes}
+    with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
+        for r in range(rounds):
+            for i in range(len(configs)):
+                name, precision = configs[(i + r) % len(configs)]
+                out = Path(tmp) / f"{name}-{precision}-{r}.json"
+                cmd = [sys.executable, __file__, "--pipeline", str(args.pipeline), "--device", args.device,
+                       "--batch", *map(str, args.batch), "--copies", *map(str, args.copies), "--warmup",
+                       str(args.warmup), "--repeats", str(args.repeats), "--worker", f"{name}:{precision}",
+                       "--json", str(out)]
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                label = label_of(name, precision, args.device)
+                for row in json.loads(out.read_text()):
+                    times, outputs = merged[(row["batch"], row["copies"])].get(label, ([], None))
+                    merged[(row["batch"], row["copies"])][label] = (
+                        times + row["seconds"], outputs or {k: np.asarray(v, np.float32) for k, v in row["outputs"].items()})
+    order = [label_of(n, p, args.device) for n, p in configs]
+    return {shape: {label: merged[shape][label] for label in order} for shape in shapes}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pipeline", type=Path, required=True)
@@ -69,26 +117,32 @@ def main(argv=None) -> int:
                     help="torch onnxruntime[:fp32|fp16] tensorrt[:fp16|fp32]; the first is the reference "
                          "(default: torch, then onnxruntime at each --precisions)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    ap.add_argument("--isolate", type=int, default=0, metavar="ROUNDS",
+                    help="each backend in its own process, ROUNDS rounds in rotating order (see above)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one backend, for --isolate
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
     import torch
 
-    from tr0n_rt.backends import open_backend
     from tr0n_rt.bench import machine_info, parse_configs
 
     configs = parse_configs(args.backends or ["torch"] + [f"onnxruntime:{p}" for p in args.precisions])
-    backends = {}
-    for name, prec in configs:
-        label = (("torch eager" if args.device == "cpu" else "torch cuda graph") if name == "torch"
-                 else f"{name} {prec}")
-        backends[label] = open_backend(name, args.pipeline, device=args.device, precision=prec)
-    first = next(iter(backends))
-    info = backends[first].info
+    shapes = [(b, a) for a in args.copies for b in args.batch]
+    if args.worker:
+        (label, be), = open_backends(parse_configs([args.worker]), args.pipeline, args.device).items()
+        rows = [{"batch": b, "copies": a, "seconds": r[label][0],
+                 "outputs": {k: v.tolist() for k, v in r[label][1].items()}}
+                for (b, a), r in measure({label: be}, shapes, args.warmup, args.repeats).items()]
+        args.json.write_text(json.dumps(rows))
+        return 0
+    if args.isolate:
+        measured = measure_isolated(args, configs, shapes, args.isolate)
+    else:
+        measured = measure(open_backends(configs, args.pipeline, args.device), shapes, args.warmup, args.repeats)
+    first = label_of(*configs[0], args.device)
     rows = []
-    for batch, copies in [(b, a) for a in args.copies for b in args.batch]:
-        inputs = step_inputs(info, batch, copies)
-        results = time_steps(backends, inputs, args.warmup, args.repeats)
+    for (batch, copies), results in measured.items():
         base = statistics.median(results[first][0])
         ref_out = results[first][1]
         for name, (times, out) in results.items():
@@ -102,6 +156,7 @@ def main(argv=None) -> int:
                   f"[{min(times) * 1e3:.1f}-{max(times) * 1e3:.1f}]  ratio {med / base:5.2f}  rel err {err:.1e}",
                   flush=True)
     result = {"pipeline": str(args.pipeline), "rows": rows, "reference_backend": first, "device": args.device,
+              "isolated_rounds": args.isolate, "repeats_per_round": args.repeats,
               "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
               "cpus": os.cpu_count(), "python": sys.version.split()[0], "host": machine_info(args.device)}
     if args.json:

@@ -17,7 +17,8 @@ def _conv_input_grad(grad_output, input, weight, bias_sizes, stride, padding, di
                      output_padding, groups, output_mask):
     """aten.convolution_backward for frozen weights: only the input gradient, as a forward conv.
     The gradient of conv is conv_transpose with the same weight (and vice versa); output_padding
-    restores the input size that strided conv rounded away."""
+    restores the input size that strided conv rounded away. (Stride-1 input gradients become forward
+    convs with a flipped weight after export: onnx_fixes.conv_grads_as_conv.)"""
     if output_mask[1] or output_mask[2]:
         raise NotImplementedError("weight/bias gradients are not exported: freeze the parameters")
     dims = range(weight.dim() - 2)
@@ -46,6 +47,15 @@ def _avg_pool2d_input_grad(grad_output, input, kernel_size, stride, padding, cei
     out_pad = [input.shape[2] - ((grad_output.shape[2] - 1) * sh - 2 * ph + kh),
                input.shape[3] - ((grad_output.shape[3] - 1) * sw - 2 * pw + kw)]
     return aten.convolution(grad_output, weight, None, [sh, sw], [ph, pw], [1, 1], True, out_pad, channels)
+
+
+def _threshold_input_grad(grad_output, self, threshold):
+    """aten.threshold_backward (ReLU's backward) as grad * (x > threshold), where the default is
+    where(x <= threshold, 0, grad): ONNX Runtime's Where with a broadcast scalar runs single-threaded,
+    6x slower than Greater + Cast + Mul. They differ only for a non-finite gradient at a masked
+    element (NaN here, 0 there), which an overflowed FP16 backward has anyway and the runtime's FP16
+    guard recomputes in float32."""
+    return grad_output * (self > threshold).to(grad_output.dtype)
 
 
 def _pad_along(x: torch.Tensor, dim: int, before, after) -> torch.Tensor:
@@ -79,6 +89,7 @@ def decompositions() -> dict:
     table = dict(core_aten_decompositions())
     table[aten.convolution_backward.default] = _conv_input_grad
     table[aten.avg_pool2d_backward.default] = _avg_pool2d_input_grad
+    table[aten.threshold_backward.default] = _threshold_input_grad
     table[aten.slice_backward.default] = _slice_backward
     table[aten.select_backward.default] = _select_backward
     return table

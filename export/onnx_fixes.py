@@ -1,5 +1,17 @@
 """Graph-level fixes applied to every exported graph, and the checks that guard them.
 
+Convolution gradients: the input gradient of a stride-1 conv is a ConvTranspose with the conv's weight W
+(export/gradient.py). With one group it equals a Conv with W' = flip_hw(W^T) (in and out channels
+swapped, kernel reversed) and padding d (k - 1) - p, which conv_grads_as_conv writes as a new constant:
+ONNX Runtime's CPU ConvTranspose is about 3x slower than Conv on the worlds' 3x3 convs. (At trace time
+the flip would be ops on a weight the forward conv shares, which the exporter does not always fold.)
+
+Average-pool gradients: export/gradient.py writes avg_pool2d's backward as a depthwise ConvTranspose
+with a constant kernel (torch's upsample decomposes to index ops at trace time, so it cannot be a
+Resize there). For non-overlapping windows (kernel == stride, no padding) that is nearest-neighbour
+upsampling times 1/window, which pool_grads_as_resize rewrites into Mul + Resize: ONNX Runtime's
+depthwise ConvTranspose loops over images and channels with tiny GEMMs (6x slower on the shapes world).
+
 Expanded weights: when a frozen Linear weight meets a batched (3-D, non-contiguous) input, torch's
 matmul broadcasts the weight with a stride-0 `expand` (free in eager). The traced graph keeps a real
 `Expand`; ONNX Runtime's constant folding then materialises one copy per batch row (~10 GB for
@@ -8,7 +20,9 @@ itself, so MatMul(A, Expand(W)) == MatMul(A, W): fold_expanded_weights rewrites 
 """
 from __future__ import annotations
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 LINEAR_OPS = ("MatMul", "Gemm")
 
@@ -69,6 +83,105 @@ def fold_expanded_weights(model: onnx.ModelProto) -> int:
     if folded:
         _remove_dead(model, ("Expand", "Transpose"))
     return folded
+
+
+def _attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _conv_transpose_weights(model: onnx.ModelProto) -> dict:
+    """name -> numpy array of each constant (initializer or Constant node) that a ConvTranspose reads as
+    its weight; only those are materialised (a step graph's other weights can be a GB)."""
+    wanted = {n.input[1] for n in model.graph.node if n.op_type == "ConvTranspose" and len(n.input) > 1}
+    arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in wanted}
+    arrays |= {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+               if n.op_type == "Constant" and n.output[0] in wanted and n.attribute and n.attribute[0].name == "value"}
+    return arrays
+
+
+def conv_grads_as_conv(model: onnx.ModelProto) -> int:
+    """Rewrites ConvTranspose(g, W[, b]) with constant W, one group, stride 1 and no output padding into
+    Conv(g, flip_hw(W^T)[, b]) with pads d (k - 1) - p (where all are >= 0); returns how many. Nodes
+    that share W share its flipped copy."""
+    weights, flipped_names, done = _conv_transpose_weights(model), {}, 0
+    for node in model.graph.node:
+        if node.op_type != "ConvTranspose" or node.input[1] not in weights:
+            continue
+        w, attrs = weights[node.input[1]], _attributes(node)
+        dims = w.ndim - 2
+        kernel = list(w.shape[2:])
+        dilations = list(attrs.get("dilations", [1] * dims))
+        pads = list(attrs.get("pads", [0] * 2 * dims))
+        as_conv = [d * (k - 1) - p for d, k, p in zip(dilations * 2, kernel * 2, pads)]
+        if (attrs.get("group", 1) != 1 or any(s != 1 for s in attrs.get("strides", [1] * dims))
+                or any(attrs.get("output_padding", [])) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
+                or "output_shape" in attrs or min(as_conv) < 0):
+            continue
+        if node.input[1] not in flipped_names:
+            flipped = np.ascontiguousarray(np.flip(np.swapaxes(w, 0, 1), axis=tuple(range(2, w.ndim))))
+            flipped_names[node.input[1]] = f"{node.input[1]}_flipped_for_conv"
+            model.graph.initializer.append(numpy_helper.from_array(flipped, flipped_names[node.input[1]]))
+        node.op_type, node.input[1] = "Conv", flipped_names[node.input[1]]
+        del node.attribute[:]
+        node.attribute.extend([onnx.helper.make_attribute("kernel_shape", kernel),
+                               onnx.helper.make_attribute("pads", as_conv),
+                               onnx.helper.make_attribute("dilations", dilations)])
+        done += 1
+    if done:
+        _remove_dead(model, ("Constant",))
+        _remove_unused_initializers(model)
+    return done
+
+
+def _uniform_pool_kernel(node: onnx.NodeProto, weights: dict) -> tuple[float, list[int]] | None:
+    """(c, [kh, kw]) if `node` is ConvTranspose(x, W) with W constant [C, 1, kh, kw], every entry c, one
+    group per channel, stride == kernel, no pads, dilation or output padding; else None."""
+    if node.op_type != "ConvTranspose" or len(node.input) != 2 or node.input[1] not in weights:
+        return None
+    w, attrs = weights[node.input[1]], _attributes(node)
+    if w.ndim != 4 or w.shape[1] != 1 or attrs.get("group", 1) != w.shape[0] or not np.all(w == w.flat[0]):
+        return None
+    kernel = [int(k) for k in w.shape[2:]]
+    plain = (list(attrs.get("strides", [1, 1])) == kernel and not any(attrs.get("pads", []))
+             and all(d == 1 for d in attrs.get("dilations", [1, 1])) and not any(attrs.get("output_padding", []))
+             and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
+    return (float(w.flat[0]), kernel) if plain else None
+
+
+def pool_grads_as_resize(model: onnx.ModelProto) -> int:
+    """Rewrites each average-pool gradient (see _uniform_pool_kernel) into Mul(x, c) -> Resize(nearest,
+    scales [1, 1, kh, kw]); returns how many. Output sizes agree: ConvTranspose gives (in - 1) k + k."""
+    weights = _conv_transpose_weights(model)
+    rewritten, nodes = 0, []
+    for node in model.graph.node:
+        hit = _uniform_pool_kernel(node, weights)
+        if hit is None:
+            nodes.append(node)
+            continue
+        c, kernel = hit
+        name = node.name or node.output[0]
+        scale, scales, scaled = f"{name}_window_scale", f"{name}_resize_scales", f"{name}_scaled"
+        model.graph.initializer.extend([numpy_helper.from_array(np.array(c, weights[node.input[1]].dtype), scale),
+                                        numpy_helper.from_array(np.array([1, 1, *kernel], np.float32), scales)])
+        nodes += [onnx.helper.make_node("Mul", [node.input[0], scale], [scaled], name=f"{name}_scale"),
+                  onnx.helper.make_node("Resize", [scaled, "", scales], list(node.output), name=f"{name}_as_resize",
+                                        mode="nearest", coordinate_transformation_mode="asymmetric",
+                                        nearest_mode="floor")]
+        rewritten += 1
+    if rewritten:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        _remove_dead(model, ("Constant",))
+        _remove_unused_initializers(model)
+    return rewritten
+
+
+def _remove_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    if len(keep) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
 
 
 def _remove_dead(model: onnx.ModelProto, op_types: tuple[str, ...]) -> None:

@@ -12,8 +12,10 @@ from tr0n_rt.bundle import load_bundle
 from tr0n_rt.export.bundle_export import export_bundle
 from tr0n_rt.export.fp16 import remove_round_trips, to_fp16
 from tr0n_rt.export.graphs import graph_specs
-from tr0n_rt.export.onnx_fixes import expanded_weight_reads, fold_expanded_weights
+from tr0n_rt.export.onnx_fixes import (conv_grads_as_conv, expanded_weight_reads, fold_expanded_weights,
+                                      pool_grads_as_resize)
 from tr0n_rt.export.pipeline import TorchPipeline
+from tr0n_rt.errors import ConfigError
 from tr0n_rt.export.validate import ValidationError, run_onnx, validate_fp32
 
 
@@ -116,6 +118,66 @@ def test_transposed_expanded_weight_in_a_backward_is_folded(tmp_path):
     np.testing.assert_allclose(run_onnx(tmp_path / "b.onnx", [{"g": x}])[0]["y"], before, rtol=1e-6)
 
 
+def pool_grad_model() -> onnx.ModelProto:
+    """Three depthwise transposed convs as export/gradient.py writes pooling gradients: 2x2 and 3x3 windows
+    with a uniform kernel (rewritable), and a non-uniform 2x2 kernel (a real conv: must stay)."""
+    c = 3
+    weights = {"w2": np.full((c, 1, 2, 2), 0.25, np.float32), "w3": np.full((c, 1, 3, 3), 1 / 9, np.float32),
+               "w_learned": np.random.default_rng(0).random((c, 1, 2, 2)).astype(np.float32)}
+    nodes = [helper.make_node("ConvTranspose", ["g", "w2"], ["a"], group=c, strides=[2, 2], name="pool2_grad"),
+             helper.make_node("ConvTranspose", ["a", "w3"], ["b"], group=c, strides=[3, 3], name="pool3_grad"),
+             helper.make_node("ConvTranspose", ["b", "w_learned"], ["y"], group=c, strides=[2, 2], name="learned")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("g", TensorProto.FLOAT, ["n", c, 2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", c, 24, 36])],
+                              [onnx.numpy_helper.from_array(w, n) for n, w in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_pool_gradients_become_resize_with_the_same_results(tmp_path):
+    model = pool_grad_model()
+    onnx.save(model, str(tmp_path / "a.onnx"))
+    feeds = [{"g": np.random.default_rng(n).standard_normal((n, 3, 2, 3)).astype(np.float32)} for n in (1, 4)]
+    before = run_onnx(tmp_path / "a.onnx", feeds)
+    assert pool_grads_as_resize(model) == 2
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["Mul", "Resize", "Mul", "Resize", "ConvTranspose"], ops
+    assert {i.name for i in model.graph.initializer} >= {"w_learned"} and "w2" not in {i.name for i in
+                                                                                        model.graph.initializer}
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path / "b.onnx"))
+    for want, got in zip(before, run_onnx(tmp_path / "b.onnx", feeds)):
+        np.testing.assert_allclose(got["y"], want["y"], rtol=1e-6, atol=1e-7)
+
+
+def test_stride_1_conv_gradients_become_convs_with_the_same_results(tmp_path):
+    """ConvTranspose as export/gradient.py writes conv input gradients: stride 1 with pads, dilation and a
+    bias (rewritten), and a stride-2 and a grouped one (kept)."""
+    rng = np.random.default_rng(0)
+    w = {n: rng.standard_normal(shape).astype(np.float32) for n, shape in
+         (("w_pad", (4, 6, 3, 3)), ("w_dil", (6, 5, 3, 3)), ("bias", (5,)), ("w_1x1", (5, 4, 1, 1)),
+          ("w_s2", (4, 4, 3, 3)), ("w_grp", (4, 2, 3, 3)))}
+    nodes = [helper.make_node("ConvTranspose", ["x", "w_pad"], ["a"], pads=[1, 0, 2, 1], name="pad"),
+             helper.make_node("ConvTranspose", ["a", "w_dil", "bias"], ["b"], dilations=[2, 2], pads=[2, 2, 2, 2],
+                              name="dilated"),
+             helper.make_node("ConvTranspose", ["b", "w_1x1"], ["c"], name="pointwise"),
+             helper.make_node("ConvTranspose", ["c", "w_s2"], ["d"], strides=[2, 2], pads=[1, 1, 1, 1], name="strided"),
+             helper.make_node("ConvTranspose", ["d", "w_grp"], ["y"], group=2, pads=[1, 1, 1, 1], name="grouped")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 7, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 11, 19])],
+                              [onnx.numpy_helper.from_array(v, n) for n, v in w.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, str(tmp_path / "a.onnx"))
+    feeds = [{"x": rng.standard_normal((n, 4, 7, 9)).astype(np.float32)} for n in (1, 3)]
+    before = run_onnx(tmp_path / "a.onnx", feeds)
+    assert conv_grads_as_conv(model) == 3
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Conv", "Conv", "ConvTranspose", "ConvTranspose"]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path / "b.onnx"))
+    for want, got in zip(before, run_onnx(tmp_path / "b.onnx", feeds)):
+        assert got["y"].shape == want["y"].shape
+        np.testing.assert_allclose(got["y"], want["y"], rtol=1e-4, atol=1e-4)
+
+
 def test_fp16_keeps_float32_islands_exact():
     """A float32 island (here Softmax -> Exp, both kept in float32) must not be rounded to FP16
     between its nodes; tiny values that FP16 flushes to zero survive."""
@@ -173,3 +235,44 @@ def test_polygraphy_runs_every_graph_with_onnxruntime(text_bundle):
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, (f.name, done.stdout[-2000:], done.stderr[-2000:])
         assert "PASSED" in done.stdout + done.stderr, f.name
+
+
+def test_a_failed_re_export_leaves_the_bundle_as_it_was(text_bundle, tmp_path, monkeypatch):
+    """Graphs are staged and validated before anything in the bundle is replaced: a re-export that fails
+    on its last graph keeps every earlier file byte for byte, and the bundle still loads."""
+    from tr0n_rt.export import bundle_export
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(text_bundle, folder)
+    before = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
+    real = bundle_export.validate_fp32
+
+    def fail_on_step(p, spec, path):
+        if spec.name == "step":
+            raise ValidationError("step: differs from torch (planted)")
+        return real(p, spec, path)
+    monkeypatch.setattr(bundle_export, "validate_fp32", fail_on_step)
+    with pytest.raises(ValidationError, match="planted"):
+        export_bundle(folder, graphs=["generator", "step"], fp16=False)
+    after = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
+    assert after == before and [f.name for f in folder.iterdir() if f.is_dir()] == []  # no staging left
+    load_bundle(folder)
+    (folder / ".export-killed").mkdir()  # what a SIGKILLed export leaves: cleared by the next one
+    (folder / ".export-killed" / "step.onnx").write_bytes(b"partial")
+    with pytest.raises(ConfigError, match="has no graph"):
+        export_bundle(folder, graphs=["stepp"], fp16=False)  # a typo is refused, not a silent no-op
+    monkeypatch.setattr(bundle_export, "validate_fp32", real)
+    export_bundle(folder, graphs=["translator"], fp16=False)
+    assert [f.name for f in folder.iterdir() if f.is_dir()] == []
+    assert load_bundle(folder).manifest["graphs"].keys() == json.loads(before["manifest.json"])["graphs"].keys()
+
+
+def test_the_step_backward_uses_forward_convs(text_bundle):
+    """The tiny pipeline's step: stride-1 conv gradients are Convs (tests/test_gradient.py checks that the
+    ReLU gradient is a product, not a Where)."""
+    m = json.loads((text_bundle / "manifest.json").read_text())["export"]["graphs"]["step"]
+    model = onnx.load(str(text_bundle / "step.onnx"))
+    assert m["conv_grads_as_conv"] >= 1, m
+    transposed = [n for n in model.graph.node if n.op_type == "ConvTranspose"
+                  and any(a.name == "strides" and list(a.ints) == [1, 1] for a in n.attribute)]
+    assert not [n for n in transposed if not any(a.name == "group" and a.i > 1 for a in n.attribute)]
