@@ -11,7 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from tr0n_rt.backends import open_backend  # noqa: E402
 from tr0n_rt.backends.onnxruntime import AUTO, OrtBackend, cache_root  # noqa: E402
-from tr0n_rt.errors import BackendError, BundleError  # noqa: E402
+from tr0n_rt.errors import BackendError, BundleError, ConfigError  # noqa: E402
 from tr0n_rt.sampler import Sampler  # noqa: E402
 from tr0n_rt.settings import SamplingConfig  # noqa: E402
 
@@ -92,6 +92,28 @@ def fp16_backend(bundle, cache):
     except BackendError as e:
         pytest.skip(f"onnxruntime CPU cannot run the FP16 graphs: {e}")
     return be
+
+
+def test_fp16_guard_recomputes_a_non_finite_step_in_float32(text_bundle, tmp_path):
+    """A planted NaN in the FP16 step's energy (as an overflow would give) is caught: that step is run on
+    the float32 graph instead, the count says so, and the sample stays finite."""
+    be = fp16_backend(text_bundle, tmp_path)
+    session = be.load("step").session
+    real_run, calls = session.run, []
+
+    def overflowing(names, feed, *args):
+        out = real_run(names, feed, *args)
+        calls.append(feed)
+        if len(calls) == 2:  # the second step overflows
+            out[names.index("energy")] = np.full_like(out[names.index("energy")], np.nan)
+        return out
+    session.run = overflowing
+    assert be.fp16_fallbacks == 0 and OrtBackend.open(text_bundle, cache_dir=tmp_path).fp16_fallbacks is None
+    out = Sampler(be).sample(random_conditions(2, 16), [0, 1], SamplingConfig(steps=3, copies=2))
+    assert be.fp16_fallbacks == 1 and np.isfinite(out.energy_trace).all() and np.isfinite(out.images).all()
+    fp32 = OrtBackend.open(text_bundle, cache_dir=tmp_path)
+    np.testing.assert_array_equal(out.energy_trace[1], fp32.run("step", calls[1])["energy"])  # step 2 is float32's
+    assert OrtBackend.open(text_bundle, precision="fp16", cache_dir=tmp_path, fp16_guard=False).fp16_fallbacks is None
 
 
 @pytest.mark.parametrize("steps", [0, 4])
@@ -209,3 +231,24 @@ def test_an_unusable_cache_file_is_replaced(text_bundle, tmp_path):
         np.testing.assert_array_equal(again.run("generator", {"latent": latent})["images"], reference)
         assert again.graphs["generator"].source == "graph"
         assert OrtBackend.open(text_bundle, cache_dir=cache).load("generator").source == "cache"  # rewritten
+
+
+def test_threads_and_spinning_reach_every_session(text_bundle, tmp_path):
+    be = OrtBackend.open(text_bundle, cache_dir=tmp_path, threads=1, spinning=False)
+    options = be.load("step").session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    default = OrtBackend.open(text_bundle, cache_dir=tmp_path).load("step").session.get_session_options()
+    assert default.intra_op_num_threads == 0  # onnxruntime's own choice: one per core
+    with pytest.raises(ConfigError, match="threads must be >= 1"):
+        OrtBackend.open(text_bundle, cache_dir=tmp_path, threads=0)
+
+
+def test_auto_picks_onnxruntime_only_with_a_provider_for_the_device(text_bundle, tiny_text_pipeline):
+    from tr0n_rt.backends import choose_backend
+
+    assert choose_backend("auto", text_bundle, "cpu") == "onnxruntime"
+    cuda_ep = "CUDAExecutionProvider" in ort.get_available_providers()
+    assert choose_backend("auto", text_bundle, "cuda") == ("onnxruntime" if cuda_ep else "torch")
+    assert choose_backend("auto", tiny_text_pipeline, "cpu") == "torch"  # no manifest.json: not a bundle
+    assert choose_backend("tensorrt", tiny_text_pipeline, "cpu") == "tensorrt"

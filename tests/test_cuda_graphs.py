@@ -285,3 +285,22 @@ def test_gpu_check_helpers(gpu_check, tmp_path):
         {"device": "torch", "ok": True, "detail": "6 replays"}]})
     assert "NVIDIA H100 (sm_90)" in table and "| digits | 8 | 0.500 | 0.250 | 2.00x | 4.00 | 1.00 | 4.00x |" in table
     assert "skipped: no pipeline.json" in table and "Device check torch: ok" in table
+
+
+def test_gpu_session_script_keeps_to_its_budget_and_packs_what_it_ran(tmp_path):
+    """benchmarks/gpu_session.sh with a budget that only the first stage fits: that stage runs, every later
+    one is skipped and said so, and the results archive holds the first stage's log."""
+    import tarfile
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "OUT": str(tmp_path), "GPU_SESSION_BUDGET": "22", "GPU_SESSION_DEVICE": "cpu"}
+    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu_session.sh")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "== env: exit 0" in summary and "python " in summary
+    for later in ("tests", "graphs", "pipeline", "reference", "flops"):
+        assert f"== {later}: skipped" in summary, summary
+    with tarfile.open(tmp_path / "gpu_session.tgz") as tar:
+        assert "./env.log" in tar.getnames()
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["gpu_session.tgz", "summary.txt"]

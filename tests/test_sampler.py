@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from tr0n_rt.backends import open_backend
-from tr0n_rt.errors import PromptError, ShapeError
+from tr0n_rt.errors import ConfigError, PromptError, ShapeError, UnknownModelError
 from tr0n_rt.sampler import Sampler
 from tr0n_rt.settings import SamplingConfig
 
@@ -95,3 +95,70 @@ def test_prior_init_starts_from_the_seeded_standard_normal(text_sampler):
     np.testing.assert_array_equal(out.latents, expected)
     moved = text_sampler.sample(c, [3, 4], SamplingConfig(steps=3, copies=2, init="prior"))
     assert np.abs(moved.latents - expected).max() > 1e-3
+
+
+# --- the embedding API: Sampler.open + generate --------------------------------------------------------------
+def test_generate_is_condition_major_with_seed_plus_j(text_sampler):
+    cfg = SamplingConfig(steps=2, copies=2)
+    got = text_sampler.generate(["a red circle", "a blue square"], samples=2, seed=5, config=cfg)
+    c = text_sampler.encode_text(["a red circle", "a blue square"])
+    want = text_sampler.sample(c[[0, 0, 1, 1]], [5, 6, 5, 6], cfg)
+    assert got.seeds == [5, 6, 5, 6]
+    np.testing.assert_array_equal(got.images, want.images)
+    alone = text_sampler.generate("a blue square", samples=2, seed=5, config=cfg)  # one prompt as a string
+    np.testing.assert_allclose(alone.images, got.images[2:], rtol=1e-4, atol=1e-5)
+
+
+def test_generate_from_embeddings_and_classes(text_sampler, tiny_class_pipeline):
+    cfg = SamplingConfig(steps=2, copies=2)
+    c = text_sampler.encode_text(["a red circle"])
+    a = text_sampler.generate(embeddings=c, seed=1, config=cfg)
+    b = text_sampler.generate(["a red circle"], seed=1, config=cfg)
+    np.testing.assert_array_equal(a.images, b.images)
+    s = Sampler.open(tiny_class_pipeline, backend="torch", steps=2, copies=2)
+    out = s.generate(classes=["digit 3", 1], samples=3)
+    assert out.images.shape == (6, 1, 16, 16) and out.seeds == [0, 1, 2] * 2
+    with pytest.raises(PromptError, match="class-conditional"):
+        s.generate(["a circle"])
+
+
+def test_generate_keeps_images_on_the_device_as_dlpack_arrays(text_sampler):
+    torch = pytest.importorskip("torch")
+    cfg = SamplingConfig(steps=2, copies=2)
+    host = text_sampler.generate(["a red circle"], samples=2, config=cfg)
+    dev = text_sampler.generate(["a red circle"], samples=2, config=cfg, output="device")
+    assert isinstance(dev.images, torch.Tensor)  # the torch backend's own array, not a host copy
+    np.testing.assert_array_equal(torch.from_dlpack(dev.images).numpy(), host.images)
+
+
+def test_generate_refuses_unclear_requests(text_sampler):
+    with pytest.raises(ConfigError, match="exactly one of prompts, classes, embeddings or images"):
+        text_sampler.generate()
+    with pytest.raises(ConfigError, match="got prompts, embeddings"):
+        text_sampler.generate(["a circle"], embeddings=np.zeros((1, 16), np.float32))
+    with pytest.raises(ConfigError, match="samples must be >= 1"):
+        text_sampler.generate(["a circle"], samples=0)
+    with pytest.raises(ConfigError, match="unknown output 'gpu'"):
+        text_sampler.generate(["a circle"], output="gpu")
+    with pytest.raises(ShapeError, match=r"expected \[batch, 16\]"):
+        text_sampler.generate(embeddings=np.zeros((2, 3), np.float32))
+    with pytest.raises(ConfigError, match="prompts is empty"):
+        text_sampler.generate([])
+
+
+def test_generate_takes_single_conditions_as_they_come(text_sampler, tiny_class_pipeline):
+    cfg = SamplingConfig(steps=1, copies=2)
+    c = text_sampler.encode_text(["a red circle"])
+    one = text_sampler.generate(embeddings=c[0], config=cfg)  # a single [d_c] embedding is one row
+    np.testing.assert_array_equal(one.images, text_sampler.generate(embeddings=c, config=cfg).images)
+    s = Sampler.open(tiny_class_pipeline, backend="torch", steps=1, copies=2)
+    assert s.generate(classes=2).images.shape[0] == 1 and s.generate(classes="digit 3").images.shape[0] == 1
+
+
+def test_open_takes_settings_and_names_unknown_backends(tiny_text_pipeline):
+    s = Sampler.open(tiny_text_pipeline, backend="torch", preset="fast", steps=3)
+    assert (s.config.steps, s.config.copies) == (3, 8)
+    with pytest.raises(UnknownModelError, match="known: auto, onnxruntime, tensorrt, torch"):
+        Sampler.open(tiny_text_pipeline, backend="tensorflow")
+    with pytest.raises(ConfigError, match="unknown sampling setting"):
+        Sampler.open(tiny_text_pipeline, backend="torch", temperature=2.0)

@@ -57,7 +57,8 @@ def measure(job: dict, t0: float) -> dict:
 
     tick = time.perf_counter()
     folder = Path(job["folder"])
-    be = open_backend(job["backend"], folder, device=job["device"], precision=job["precision"])
+    be = open_backend(job["backend"], folder, device=job["device"], precision=job["precision"],
+                      threads=job.get("threads"))
     cfg = be.info.sampling.with_overrides(steps=job["steps"], copies=job["copies"])
     sampler = Sampler(be, cfg)
     preload(be)
@@ -455,7 +456,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--copies", type=int, default=None, help="augmented copies A (default: the pipeline's)")
     g.add_argument("--warmup", type=int, default=1, help="untimed calls after the first image (default: 1)")
     g.add_argument("--repeats", type=int, default=3, help="timed calls; medians are reported (default: 3)")
-    g.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS and torch threads of each process")
+    g.add_argument("--threads", type=int, default=None,
+                   help="threads of each process: OMP_NUM_THREADS, torch's and onnxruntime's intra-op threads")
     g.add_argument("--cold", action="store_true", help="empty onnxruntime graph cache for every configuration")
     g.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration (default: 600)")
     g = p.add_argument_group("output")

@@ -25,6 +25,8 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
                    help="which bundle graphs the onnxruntime backend runs (default: fp32)")
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu; the tensorrt backend needs cuda)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="onnxruntime's CPU threads (default: one per core; fewer when the cores are shared)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -68,18 +70,8 @@ def open_sampler(args):
     from .sampler import Sampler
 
     folder = resolve_pipeline(args)
-    backend = open_backend(choose_backend(args.backend, folder), folder, device=args.device, precision=args.precision)
+    backend = open_backend(args.backend, folder, device=args.device, precision=args.precision, threads=args.threads)
     return folder, Sampler(backend, sampling_config(args, backend.info.sampling))
-
-
-def choose_backend(name: str, folder: Path) -> str:
-    if name != "auto":
-        return name
-    import importlib.util
-
-    if (folder / "manifest.json").is_file() and importlib.util.find_spec("onnxruntime") is not None:
-        return "onnxruntime"
-    return "torch"
 
 
 def load_judge(folder: Path):

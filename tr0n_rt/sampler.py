@@ -1,11 +1,20 @@
 """TR0N's sampling loop (Algorithm 2), over any backend: condition -> translator -> T x step -> G.
 
+For embedding in an application, open once and call `generate` as often as needed:
+
+    sampler = Sampler.open("engines/shapes", backend="auto", device="cpu", preset="fast")
+    batch = sampler.generate(["a red star on a black background"], samples=4, seed=0)
+    batch.images                               # [4, 3, H, W] float32 numpy in [-1, 1]
+    batch = sampler.generate(embeddings=c, output="device")   # c [N, d_c]: conditions computed elsewhere
+    torch.from_dlpack(batch.images)           # the backend's device array, no copy (DLPack)
+
 All randomness is drawn on the host, per image, from numpy generators seeded by that image's seed, in
 a fixed order (initial draw, then per step: A x 8 augmentation numbers, K x D SGLD noise). So an image
 depends only on its condition and seed: a batch of 8 gives the same images as 8 runs of one.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -20,9 +29,12 @@ AUG_DIM = 8
 IDENTITY_AUG = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 2.0, 2.0], dtype=np.float32)
 
 
+OUTPUTS = ("numpy", "device")
+
+
 @dataclass
 class SampleBatch:
-    images: np.ndarray  # [B, C, H, W] float32 in [-1, 1]
+    images: np.ndarray  # [B, C, H, W] float32 in [-1, 1]; output="device": the backend's array (DLPack-capable)
     latents: np.ndarray  # [B, D] the latent fed to G
     energies: np.ndarray  # [B] energy of the final latent, similarity term only (nan when T = 0)
     energy_trace: np.ndarray  # [T, B] energy at each step's input state
@@ -30,6 +42,11 @@ class SampleBatch:
     config: SamplingConfig
     seconds: dict[str, float] = field(default_factory=dict)  # per stage, for the whole batch
     aesthetic: np.ndarray | None = None  # [B] aesthetic score of the final latent (pipelines with a head, T > 0)
+
+
+def check_output(output: str) -> None:
+    if output not in OUTPUTS:
+        raise ConfigError(f"unknown output {output!r}; use one of: {', '.join(OUTPUTS)}")
 
 
 def softmax(x: np.ndarray, axis: int) -> np.ndarray:
@@ -45,6 +62,27 @@ class Sampler:
         self.info = backend.info
         self.config = config or backend.info.sampling
         self._tokenizer = None
+
+    @classmethod
+    def open(cls, pipeline, backend: str = "auto", device: str = "cpu", precision: str = "fp32",
+             preset: str | None = None, threads: int | None = None, **settings) -> "Sampler":
+        """Loads a pipeline or bundle folder (or an embedded world's name, e.g. "shapes") once.
+
+        backend: auto | onnxruntime | tensorrt | torch (auto: onnxruntime for a bundle when installed for
+        the device). preset: "paper" or "fast" (default: the pipeline's own settings); threads:
+        onnxruntime's CPU threads; settings: SamplingConfig fields, e.g. steps=50, copies=16."""
+        from pathlib import Path
+
+        from .backends import open_backend
+        from .paths import world_dir
+        from .settings import preset as named_preset
+
+        folder = Path(pipeline)
+        if not folder.is_dir() and "/" not in str(pipeline):
+            folder = world_dir(str(pipeline))
+        be = open_backend(backend, folder, device=device, precision=precision, threads=threads)
+        base = named_preset(preset) if preset else be.info.sampling
+        return cls(be, base.with_overrides(**settings))
 
     # --- conditions ----------------------------------------------------------------------------
     @property
@@ -116,10 +154,53 @@ class Sampler:
         return self.encode_text(queries)
 
     # --- sampling ------------------------------------------------------------------------------
+    def generate(self, prompts: list[str] | None = None, *, classes: list | None = None,
+                 embeddings: np.ndarray | None = None, images: list | None = None, samples: int = 1, seed: int = 0,
+                 config: SamplingConfig | None = None, output: str = "numpy") -> SampleBatch:
+        """Images for exactly one kind of condition, each sampled `samples` times in one batch:
+            prompts     text (text pipelines)
+            classes     names or indices (class pipelines)
+            embeddings  [N, d_c] conditions computed elsewhere (a CLIP embedding, a one-hot class)
+            images      image files or folders (CLIP pipelines; the image translator maps them)
+        Row i * samples + j is condition i with seed `seed + j`, as `tr0n-rt sample` does, so an image
+        is the same whatever else is in the batch. output: "numpy", or "device" to keep the images
+        where the backend made them (see `sample`)."""
+        given = {k: v for k, v in (("prompts", prompts), ("classes", classes), ("embeddings", embeddings),
+                                   ("images", images)) if v is not None}
+        if len(given) != 1:
+            raise ConfigError(f"give exactly one of prompts, classes, embeddings or images (got "
+                              f"{', '.join(given) or 'none'})")
+        if samples < 1:
+            raise ConfigError(f"samples must be >= 1, got {samples}")
+        check_output(output)
+        (kind, value), = given.items()
+        translator = "translator"
+        if kind == "embeddings":
+            c = np.atleast_2d(np.asarray(value, dtype=np.float32))  # one embedding [d_c] is one row
+        else:
+            value = [value] if isinstance(value, (str, int, os.PathLike)) else list(value)  # one prompt, class or file
+            if not value:
+                raise ConfigError(f"{kind} is empty: give at least one")
+            if kind == "prompts":
+                c = self.encode_text(value)
+            elif kind == "classes":
+                c = self.encode_classes(value)
+            else:
+                c, translator = self.image_conditions(value)[0], self.image_translator
+        rows = np.repeat(np.arange(len(c)), samples)
+        seeds = [seed + j for _ in range(len(c)) for j in range(samples)]
+        return self.sample(c[rows], seeds, config, translator, output)
+
     def sample(self, conditions: np.ndarray, seeds: list[int], config: SamplingConfig | None = None,
-               translator: str = "translator") -> SampleBatch:
+               translator: str = "translator", output: str = "numpy") -> SampleBatch:
         """conditions [B, d_c] float32, one seed per row -> images. translator: the graph that maps
-        conditions to the initial mixture (self.image_translator for image conditions)."""
+        conditions to the initial mixture (self.image_translator for image conditions).
+        output: "numpy" (host float32), or "device": images stay the backend's own array (a torch
+        tensor, an ONNX Runtime OrtValue, a cuda-python DeviceArray; numpy from onnxruntime on the CPU),
+        all of which export through DLPack (`torch.from_dlpack(batch.images)`) without a copy (an
+        OrtValue has __dlpack__ in recent onnxruntime: checked with 1.32). Device work is finished when
+        this returns, so any stream may read them."""
+        check_output(output)
         cfg = config or self.config
         if cfg.aesthetic_weight and not self.info.aesthetic:
             raise ConfigError(f"aesthetic_weight {cfg.aesthetic_weight} needs an aesthetic head, and pipeline "
@@ -182,7 +263,11 @@ class Sampler:
             seconds["final_energy"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        images = be.to_host(be.run("generator", {"latent": latents})["images"]).astype(np.float32)
+        images = be.run("generator", {"latent": latents})["images"]
+        if output == "numpy":
+            images = be.to_host(images).astype(np.float32)
+        else:
+            be.synchronize()
         seconds["decode"] = time.perf_counter() - tick
         return SampleBatch(images, latents, final, trace, [int(s) for s in seeds], cfg, seconds, aesthetic)
 

@@ -43,12 +43,17 @@ from ..errors import BackendError
 
 @dataclass(eq=False)
 class DeviceArray:
-    """A contiguous row-major array in device memory (CudaRuntime). `base` owns the allocation."""
+    """A contiguous row-major array in device memory (CudaRuntime). `base` owns the allocation.
+
+    Hands itself to other libraries without a copy: DLPack (`torch.from_dlpack(x)`, `cupy.from_dlpack`,
+    `jax.dlpack.from_dlpack`) and `__cuda_array_interface__` (CuPy, Numba, `torch.as_tensor`). Both first
+    wait for the work queued on the allocating stream, so the consumer may read it from any stream."""
 
     ptr: int
     shape: tuple
     dtype: np.dtype
     base: object = None
+    dl_device: tuple = (2, 0)  # DLPack (device type, id): kDLCUDA = 2, kDLCPU = 1
 
     @property
     def nbytes(self) -> int:
@@ -56,7 +61,40 @@ class DeviceArray:
 
     def rows(self, n: int) -> "DeviceArray":
         """The first n rows (axis 0): same address, smaller shape."""
-        return DeviceArray(self.ptr, (n, *self.shape[1:]), self.dtype, self.base or self)
+        return DeviceArray(self.ptr, (n, *self.shape[1:]), self.dtype, self if self.base is None else self.base,
+                           self.dl_device)
+
+    def _ready(self) -> None:
+        """Waits for the allocating stream (the producer's side of DLPack's stream contract) and marks the
+        allocation as exported: its free then waits for the whole device, since the consumer's queued
+        work on its own streams may still read it after the consumer let go on the host."""
+        if not np.dtype(self.dtype).isnative:
+            raise BufferError(f"DeviceArray of non-native byte order {np.dtype(self.dtype).str} cannot be exported")
+        owner = self.base.base if isinstance(self.base, DeviceArray) else self.base
+        if isinstance(owner, _Allocation):
+            owner.exported = True
+            owner.device.synchronize()
+
+    def __dlpack__(self, stream=None, max_version=None, dl_device=None, copy=None):
+        from .dlpack import to_dlpack
+
+        if copy:
+            raise BufferError("DeviceArray exports without copying only (copy=True asked)")
+        if dl_device is not None and tuple(dl_device) != tuple(self.dl_device):
+            raise BufferError(f"DeviceArray lives on DLPack device {self.dl_device}, asked for {tuple(dl_device)}")
+        self._ready()
+        return to_dlpack(self.ptr, self.shape, self.dtype, self.dl_device, self)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return tuple(self.dl_device)
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        if self.dl_device[0] != 2:
+            raise AttributeError("__cuda_array_interface__: this array is not in CUDA memory")
+        self._ready()
+        return {"shape": tuple(self.shape), "typestr": np.dtype(self.dtype).str, "data": (self.ptr, False),
+                "strides": None, "version": 3}
 
 
 class HostArrays:
@@ -242,7 +280,7 @@ class CudaRuntime:
         nbytes = max(math.prod(shape) * dtype.itemsize, 1)
         ptr = int(self._call(self.rt.cudaMallocAsync(nbytes, self.stream)))
         self._call(self.rt.cudaMemsetAsync(ptr, 0, nbytes, self.stream))
-        return DeviceArray(ptr, shape, dtype, _Allocation(self, ptr))
+        return DeviceArray(ptr, shape, dtype, _Allocation(self, ptr), (2, self.device_id))
 
     def ptr(self, x) -> int:
         return x.ptr
@@ -307,10 +345,12 @@ class CudaRuntime:
 
 class _Allocation:
     def __init__(self, device: CudaRuntime, ptr: int):
-        self.device, self.ptr = device, ptr
+        self.device, self.ptr, self.exported = device, ptr, False
 
     def __del__(self):
         try:
+            if self.exported:  # handed out through DLPack / __cuda_array_interface__: see DeviceArray._ready
+                self.device.rt.cudaDeviceSynchronize()
             self.device.rt.cudaFreeAsync(self.ptr, self.device.stream)
         except Exception:  # interpreter shutdown: the driver frees everything anyway
             pass

@@ -8,7 +8,10 @@ optimised graph is cached, so a later open loads it with optimisation off. Graph
 a file of their own (`{graph}.onnx.data`, large models) are loaded by path, so ONNX Runtime finds it.
 CUDA / TensorRT: IO binding. Inputs that are already OrtValues on the device are bound as they are,
 outputs are bound to the device and returned as OrtValues, so the Langevin state never leaves the
-GPU between steps. Only `to_host` copies back.
+GPU between steps. Only `to_host` copies back (and the FP16 guard, which reads the step's outputs).
+
+FP16 guard (as the TensorRT backend's): an FP16 step whose outputs hold a NaN or inf is run again on
+the bundle's float32 step graph, and `fp16_fallbacks` counts how often (the sample JSON reports it).
 """
 from __future__ import annotations
 
@@ -95,8 +98,17 @@ class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, providers: list[str], precision: str = "fp32",
-                 cache_dir: Path | None = None, device_id: int = 0, weights_files: dict[str, list[str]] | None = None):
-        """weights_files: graph -> the external weights files its graph file reads (open() reads them once)."""
+                 cache_dir: Path | None = None, device_id: int = 0, weights_files: dict[str, list[str]] | None = None,
+                 threads: int | None = None, spinning: bool = True, fp16_guard: bool = True):
+        """weights_files: graph -> the external weights files its graph file reads (open() reads them once).
+        threads: intra-op threads of every session (default: onnxruntime's, one per core); spinning=False
+        lets idle workers sleep at once (onnxruntime's session.intra_op.allow_spinning = 0), which helps
+        when the cores are shared with other work and costs a little on an idle machine."""
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        self.threads, self.spinning = threads, spinning
+        self.fp16_guard = fp16_guard and precision == "fp16"
+        self._fallbacks, self._fp32 = 0, None  # FP16 guard: steps recomputed, the float32 companion backend
         self.ort = import_onnxruntime()
         self.weights_files = dict(weights_files or {})
         self.bundle, self.info = bundle, bundle.info
@@ -107,8 +119,10 @@ class OrtBackend(Backend):
 
     @classmethod
     def open(cls, bundle_dir, precision: str = "fp32", providers=None, cache_dir=None, device_id: int = 0,
-             device: str | None = None) -> "OrtBackend":
-        """Opens a bundle; device ("cpu", "cuda[:N]") picks the providers when `providers` is not given."""
+             device: str | None = None, threads: int | None = None, spinning: bool = True,
+             fp16_guard: bool = True) -> "OrtBackend":
+        """Opens a bundle; device ("cpu", "cuda[:N]") picks the providers when `providers` is not given;
+        threads, spinning and fp16_guard: see __init__ and the module docstring."""
         ort = import_onnxruntime()
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
@@ -124,7 +138,7 @@ class OrtBackend(Backend):
             inputs, outputs, weights_files[graph] = onnx_io(path)
             check_io(bundle, graph, path, inputs, outputs)
             check_data_files(bundle, graph, path, weights_files[graph])
-        return cls(bundle, resolved, precision, cache_dir, device_id, weights_files)
+        return cls(bundle, resolved, precision, cache_dir, device_id, weights_files, threads, spinning, fp16_guard)
 
     # --- sessions ----------------------------------------------------------------------------------
     def load(self, graph: str) -> LoadedGraph:
@@ -220,6 +234,10 @@ class OrtBackend(Backend):
         so.log_severity_level = 3  # errors only: the NCHWc "hardware specific" warning is handled by the key
         so.graph_optimization_level = (optimization_level(ort, self.precision, self.on_gpu) if optimize
                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        if self.threads is not None:
+            so.intra_op_num_threads = self.threads
+        if not self.spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if save_to is not None:
             so.optimized_model_filepath = str(save_to)
             so.add_session_config_entry("session.save_model_format", "ONNX")
@@ -249,6 +267,21 @@ class OrtBackend(Backend):
     # --- running -----------------------------------------------------------------------------------
     def run(self, graph: str, inputs: dict) -> dict:
         """Runs one graph. CPU: numpy in, numpy out. GPU: numpy or device OrtValues in, OrtValues out."""
+        out = self._run(graph, inputs)
+        if graph == "step" and self.fp16_guard and not all(np.isfinite(self.to_host(v)).all() for v in out.values()):
+            self._fallbacks += 1
+            if self._fp32 is None:
+                self._fp32 = OrtBackend.open(self.bundle.folder, "fp32", self.providers, self.cache_dir, self.device_id,
+                                             threads=self.threads, spinning=self.spinning)
+            out = self._fp32.run("step", inputs)
+        return out
+
+    @property
+    def fp16_fallbacks(self) -> int | None:
+        """FP16 steps with a NaN or inf, recomputed in float32 since open (None: float32 graphs, no guard)."""
+        return self._fallbacks if self.fp16_guard else None
+
+    def _run(self, graph: str, inputs: dict) -> dict:
         loaded = self.load(graph)
         declared, _ = self.bundle.io(graph)
         missing = [n for n in declared if n not in inputs]
