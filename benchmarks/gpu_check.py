@@ -4,8 +4,10 @@
     python benchmarks/gpu_check.py --pipelines engines/digits --batch 1 8 --steps 10
 
 Needs an NVIDIA GPU and torch with CUDA; cuda-python is optional (it adds a check of the cuda-python
-device). Without a GPU it says so and exits 0. Everything runs in float32 with TF32 off (--tf32 turns
-it on), so eager and captured runs must agree to float32 rounding.
+device). Without a GPU it says so and exits 0. `--device cpu` is a dry run of the plumbing on a CPU: the
+"graph" backend then runs eagerly too (graphs are captured on CUDA only), and the device layer runs on
+numpy (HostArrays); its figures say nothing about speed-ups. Everything runs in float32 with TF32 off
+(--tf32 turns it on), so eager and captured runs must agree to float32 rounding.
 
 Per pipeline and batch size (1, 8, 32), eager vs CUDA graph side by side:
   sampler   the full torch backend: Sampler.sample (translator, T steps with host noise, generator);
@@ -69,6 +71,13 @@ def pipeline_sources(names, root: Path = ROOT) -> list[tuple[str, Path | None, s
         why = None if (folder / "pipeline.json").is_file() else f"{folder} holds no pipeline.json"
         out.append((folder.name, folder, why))
     return out
+
+
+def save(result: dict, path: Path) -> None:
+    """Atomically (tr0n_rt.atomic): a reader sees the previous complete file or this one."""
+    from tr0n_rt.atomic import write_bytes
+
+    write_bytes(path, (json.dumps(result, indent=2, default=float) + "\n").encode())
 
 
 def fmt(x, spec: str) -> str:
@@ -162,7 +171,8 @@ def time_samples(sampler, c, cfg, warmup: int, repeats: int):
     return times, out
 
 
-def check_pipeline(label: str, folder: Path, args, deadline: float, device: str = "cuda") -> list[dict]:
+def check_pipeline(label: str, folder: Path, args, deadline: float, device: str = "cuda", record=None) -> list[dict]:
+    """Rows of one pipeline; record(row) is called as each row is done (the caller saves it at once)."""
     import torch
 
     from tr0n_rt.backends.torch import TorchBackend
@@ -176,6 +186,7 @@ def check_pipeline(label: str, folder: Path, args, deadline: float, device: str 
     for batch in args.batch:
         if time.perf_counter() > deadline:
             rows.append({"pipeline": label, "batch": batch, "skipped": "time budget"})
+            record and record(rows[-1])
             continue
         row = {"pipeline": label, "batch": batch}
         # parity: one step from the same state, then whole samples
@@ -199,6 +210,7 @@ def check_pipeline(label: str, folder: Path, args, deadline: float, device: str 
         row["graph_stats"] = graph.graph_stats
         row["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device != "cpu" else None
         rows.append(row)
+        record and record(row)
         print(f"  {label} batch {batch}: step {row['step_eager_ms']:.2f} -> {row['step_graph_ms']:.2f} ms "
               f"({row['step_speedup']:.2f}x), sample {row['sample_speedup']:.2f}x, parity "
               f"{'ok' if row['parity_ok'] else 'FAIL'} (step {row['step_max_diff']:.1e}, images "
@@ -261,6 +273,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--budget", type=float, default=420.0, help="seconds; later rows are skipped (default 420)")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 (parity then needs looser tolerances)")
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                    help="cuda (default), or cpu for a dry run of the plumbing (no speed-ups, no capture)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "gpu_check.json")
     args = ap.parse_args(argv)
     start = time.perf_counter()
@@ -269,45 +283,50 @@ def main(argv=None) -> int:
     except ImportError:
         print("torch is not installed: nothing to check (the GPU check needs torch with CUDA)")
         return 0
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("no NVIDIA GPU present (torch.cuda.is_available() is False): nothing to check")
         return 0
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     from tr0n_rt.backends.cuda import current_gpu
 
-    name, cc = current_gpu()
+    name, cc = current_gpu() if args.device == "cuda" else ("CPU dry run", "-")
     result = {"gpu": {"name": name, "compute_capability": cc}, "torch": torch.__version__, "cuda": torch.version.cuda,
               "tf32": args.tf32, "steps": args.steps, "copies": args.copies, "warmup": args.warmup,
               "repeats": args.repeats, "tolerances": {"step_atol": STEP_ATOL, "step_rtol": STEP_RTOL,
                                                       "sample_images_atol": SAMPLE_ATOL},
               "rows": [], "device_checks": []}
     print(f"GPU check on {name} ({cc}), torch {torch.__version__}", flush=True)
-    for kind in ("torch", "cuda-python"):
+    for kind in ("torch", "cuda-python") if args.device == "cuda" else ("host",):
         try:
             result["device_checks"].append(check_device(kind))
         except Exception as e:  # cuda-python not installed, or a real failure: both reported
             result["device_checks"].append({"device": kind, "ok": False, "detail": f"{type(e).__name__}: {e}"})
     deadline = start + args.budget
+
+    def record(row):  # saved row by row: a run stopped from outside keeps what it measured
+        result["rows"].append(row)
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        save(result, args.out)
+    save(result, args.out)
     with tempfile.TemporaryDirectory() as tmp:
         for label, folder, why in pipeline_sources(args.pipelines):
-            if why:
-                result["rows"].append({"pipeline": label, "skipped": why})
+            if why or time.perf_counter() > deadline:
+                record({"pipeline": label, "skipped": why or "time budget"})
                 continue
             try:
                 if folder is None:
                     folder = build_vit_pipeline(Path(tmp))
-                result["rows"] += check_pipeline(label, folder, args, deadline)
+                check_pipeline(label, folder, args, deadline, args.device, record)
             except Exception as e:
-                result["rows"].append({"pipeline": label, "skipped": f"error: {type(e).__name__}: {e}"})
+                record({"pipeline": label, "skipped": f"error: {type(e).__name__}: {e}"})
                 print(f"  {label}: {type(e).__name__}: {e}", flush=True)
     result["seconds"] = round(time.perf_counter() - start, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    save(result, args.out)
     print(markdown_table(result))
     print(f"\nwritten {args.out} in {result['seconds']} s")
     bad = [r for r in result["rows"] if not r.get("skipped") and not r["parity_ok"]]
-    return 1 if bad or not all(d["ok"] for d in result["device_checks"] if d["device"] == "torch") else 0
+    return 1 if bad or not all(d["ok"] for d in result["device_checks"] if d["device"] in ("torch", "host")) else 0
 
 
 if __name__ == "__main__":
