@@ -8,6 +8,7 @@ as it was: the previous graphs and manifest, still loadable.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,11 +20,11 @@ from pathlib import Path
 import onnx
 
 from tr0n_rt.atomic import atomic_path, write_bytes
-from tr0n_rt.bundle import FORMAT, SCHEMA_VERSION, file_entry
+from tr0n_rt.bundle import FORMAT, SCHEMA_VERSION, file_entry, sha256_file
 from tr0n_rt.errors import ConfigError
 
 from . import fp16 as fp16_mod
-from .graphs import export_graph, graph_specs
+from .graphs import GraphSpec, export_graph, graph_specs
 from .onnx_fixes import (conv_grads_as_conv, expanded_weight_reads, fold_expanded_weights, pool_grads_as_resize,
                          scatter_gather_nd, vendor_ops)
 from .pipeline import TorchPipeline
@@ -41,6 +42,18 @@ DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", on
 def tensor_specs(values) -> dict:
     return {v.name: {"dtype": DTYPES.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type)),
                      "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values}
+
+
+def check_dynamic_axes(spec: GraphSpec, inputs: dict) -> None:
+    """Every axis the spec declares dynamic is symbolic in the exported graph: an exporter that
+    specialises one (tracing unified it with a static size) would make a graph that rejects, say, K = 1."""
+    fixed = [f"{name}[{axis}] = {inputs[name]['shape'][axis]} (declared {dim!r})"
+             for name, axes in spec.dynamic.items() for axis, dim in axes.items()
+             if not isinstance(inputs[name]["shape"][axis], str)]
+    if fixed:
+        raise ValidationError(f"{spec.name}: the export fixed axes declared dynamic: {', '.join(fixed)}; this is "
+                              "an exporter fault (report it with the torch version); the graph would refuse "
+                              "other sizes")
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:
@@ -72,6 +85,40 @@ def save_graph(model: onnx.ModelProto, path: Path, external_data_threshold: int 
     return [path, data]
 
 
+# The pipeline.json parts each graph is computed from (its weights, its config): a partial re-export
+# keeps the other graphs only if their parts did not change since they were exported.
+GRAPH_PARTS = {"text_encoder": ("condition_model",), "image_encoder": ("condition_model",),
+               "translator": ("translator",), "image_translator": ("image_translator",), "generator": ("generator",),
+               "energy": ("generator", "condition_model", "aesthetic", "augment"),
+               "step": ("generator", "condition_model", "aesthetic", "augment"), "judge": ("judge",)}
+
+
+def part_digests(pipeline_dir: Path, spec: dict) -> dict[str, str | None]:
+    """part -> sha256 of its pipeline.json entry and of its weights file (None: the pipeline has no such
+    part). What a graph was exported from, recorded in the manifest as export.parts."""
+    out = {}
+    for part in sorted({p for parts in GRAPH_PARTS.values() for p in parts}):
+        entry = spec.get(part)
+        if not entry:
+            out[part] = None
+            continue
+        h = hashlib.sha256(json.dumps(entry, sort_keys=True).encode())
+        weights = entry.get("weights") if isinstance(entry, dict) else None
+        if weights:
+            h.update(sha256_file(pipeline_dir / weights).encode())
+        out[part] = h.hexdigest()
+    return out
+
+
+def stale_kept_graphs(old_parts: dict | None, parts: dict, keep: list[str]) -> dict[str, list[str]]:
+    """Kept graph -> the parts that changed since it was exported (a bundle exported before parts were
+    recorded cannot be checked: nothing is reported for it)."""
+    if not old_parts:
+        return {}
+    changed = {p for p in parts if old_parts.get(p) != parts[p]}
+    return {g: sorted(changed & set(GRAPH_PARTS.get(g, ()))) for g in keep if changed & set(GRAPH_PARTS.get(g, ()))}
+
+
 def export_bundle(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, fp16: bool = True,
                   validate: bool = True, progress: bool = False, graphs: list[str] | None = None,
                   fp16_strict: bool = True, external_data_threshold: int = EXTERNAL_DATA_BYTES) -> Path:
@@ -84,6 +131,7 @@ def export_bundle(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike | 
     out.mkdir(parents=True, exist_ok=True)
     p = TorchPipeline.load(pipeline_dir)
     entries, files, report, judge = {}, {}, {}, None
+    parts = part_digests(pipeline_dir, p.spec)  # recorded only if every graph in the bundle is known to match
     old = out / "manifest.json"
     if graphs and old.is_file():  # re-export some graphs of an existing bundle: keep the others
         m = json.loads(old.read_text())
@@ -94,6 +142,14 @@ def export_bundle(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike | 
         kept = {f for g in keep for f in entries[g]["files"].values()}
         kept |= {f"{f}.data" for f in kept}  # their weights files, where they have them
         files = {f: meta for f, meta in m.get("files", {}).items() if f in kept or (judge and f == judge["file"])}
+        old_parts = m.get("export", {}).get("parts")
+        stale = stale_kept_graphs(old_parts, parts, keep + (["judge"] if judge and "judge" not in graphs else []))
+        if not old_parts:  # kept graphs of unknown origin: claim nothing for them
+            parts = None
+        if stale:
+            raise ConfigError(f"{pipeline_dir / 'pipeline.json'} changed since the bundle was exported: "
+                              + "; ".join(f"{g} was exported from other {', '.join(parts)}" for g, parts in stale.items())
+                              + f". Re-export those graphs too: --graphs {' '.join(sorted(set(graphs) | set(stale)))}")
     known = [s.name for s in graph_specs(p)] + (["judge"] if p.spec.get("judge") else [])
     unknown = sorted(set(graphs or ()) - set(known))
     if unknown:
@@ -105,15 +161,21 @@ def export_bundle(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike | 
         _export_graphs(p, stage, graphs, fp16, validate, fp16_strict, external_data_threshold, progress,
                        entries, files, report)
         judge = _export_judge(p, pipeline_dir, stage, graphs, files, judge)
-        manifest = _manifest(p, entries, judge, files, report, validate)  # before anything in `out` changes
-        _move_into(stage, out, files)
+        manifest = _manifest(p, entries, judge, files, report, validate, parts)  # before anything in `out` changes
+        backup = stage / ".replaced"
+        moved = _move_into(stage, out, files, backup)
+        try:
+            write_bytes(out / "manifest.json", manifest)
+        except BaseException:  # a full disk or a kill: the old manifest must find its own files again
+            _restore(backup, out, moved)
+            raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    write_bytes(out / "manifest.json", manifest)
     return out
 
 
-def _manifest(p: TorchPipeline, entries: dict, judge, files: dict, report: dict, validate: bool) -> bytes:
+def _manifest(p: TorchPipeline, entries: dict, judge, files: dict, report: dict, validate: bool,
+              parts: dict | None) -> bytes:
     """manifest.json's bytes (serialised here, so a bad value fails before the bundle is touched)."""
     import onnxruntime
     import torch
@@ -136,7 +198,7 @@ def _manifest(p: TorchPipeline, entries: dict, judge, files: dict, report: dict,
         "export": {"exporter": "make_fx (symbolic, autograd traced) + torch.onnx.export(dynamo=True)",
                    "opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__,
                    "onnxruntime": onnxruntime.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   "validated": validate, "tolerances": _tolerances(), "graphs": report},
+                   "validated": validate, "tolerances": _tolerances(), "graphs": report, "parts": parts},
     }
     return (json.dumps(manifest, indent=2, default=float) + "\n").encode()  # default: numpy scalars
 
@@ -160,6 +222,7 @@ def _export_graphs(p: TorchPipeline, stage: Path, graphs, fp16: bool, validate: 
             raise ValidationError(f"{spec.name}: graph has ops TensorRT/ORT handle badly: {problems[:5]}")
         entry = {"files": {"fp32": path.name}, "inputs": tensor_specs(model.graph.input),
                  "outputs": tensor_specs(model.graph.output)}
+        check_dynamic_axes(spec, entry["inputs"])
         info = {"export_seconds": None, "expanded_weights_folded": folded, "conv_grads_as_conv": convs,
                 "pool_grads_as_resize": pools}
         path16 = stage / f"{spec.name}.fp16.onnx"
@@ -193,18 +256,33 @@ def _export_judge(p: TorchPipeline, pipeline_dir: Path, stage: Path, graphs, fil
     return judge
 
 
-def _move_into(stage: Path, out: Path, files: dict) -> None:
-    """Renames every staged file into `out`. A graph exported without a weights file this time drops the
-    `.data` an earlier export left beside it (nothing lists it any more)."""
-    for f in sorted(stage.iterdir()):
-        os.replace(f, out / f.name)
+def _move_into(stage: Path, out: Path, files: dict, backup: Path) -> list[str]:
+    """Renames every staged file into `out`; returns their names. What they replace, and the `.data` an
+    earlier export left beside a graph that has none this time (nothing lists it any more), is moved
+    into `backup` first, so that _restore can undo the move until the new manifest is written."""
+    backup.mkdir()
+    moved = []
+    for f in sorted(p for p in stage.iterdir() if p != backup):
         stale = out / f"{f.name}.data"
-        if f.suffix == ".onnx" and stale.name not in files:
-            stale.unlink(missing_ok=True)
+        for old in ((out / f.name),) + ((stale,) if f.suffix == ".onnx" and stale.name not in files else ()):
+            if old.exists():
+                os.replace(old, backup / old.name)
+        os.replace(f, out / f.name)
+        moved.append(f.name)
+    return moved
+
+
+def _restore(backup: Path, out: Path, moved: list[str]) -> None:
+    """Undoes _move_into: the new files leave `out`, the replaced ones come back."""
+    for name in moved:
+        (out / name).unlink(missing_ok=True)
+    for f in backup.iterdir():
+        os.replace(f, out / f.name)
 
 
 def _tolerances() -> dict:
     from . import validate as v
 
     return {"fp32_rel_err": v.FP32_RTOL, "fp16_energy_rel_err": v.FP16_ENERGY_RTOL,
-            "fp16_grad_cosine": v.FP16_GRAD_COSINE, "fp16_rel_err": v.FP16_RTOL}
+            "fp16_grad_cosine": v.FP16_GRAD_COSINE, "fp16_adam_step_cosine": v.FP16_ADAM_STEP_COSINE,
+            "fp16_rel_err": v.FP16_RTOL}

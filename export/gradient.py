@@ -29,6 +29,8 @@ def _conv_input_grad(grad_output, input, weight, bias_sizes, stride, padding, di
     else:
         grad = aten.convolution(grad_output, weight, None, stride, padding, dilation, False, [0 for _ in dims],
                                 groups)
+        if list(grad.shape[2:]) != list(input.shape[2:]):  # output_padding >= stride (allowed when dilated)
+            grad = grad[(slice(None), slice(None), *(slice(0, n) for n in input.shape[2:]))]
     return grad, None, None
 
 
@@ -96,11 +98,16 @@ def decompositions() -> dict:
 
 
 def trace(fn, example_inputs: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
-    """fn(*tensors) -> tensors, traced with a dynamic batch into one forward graph (backward included)."""
+    """fn(*tensors) -> tensors, traced with a dynamic batch into one forward graph (backward included).
+
+    Every input dimension gets a symbol of its own: with duck shaping (torch's default) dimensions of
+    equal example size share one, so the digits world's K = 10 components became its 10 classes' static
+    size and the exported step lost its dynamic K."""
+    import torch.fx.experimental._config as shape_config
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     # The fused attention kernels' backward has no ONNX function: trace the math path.
-    with sdpa_kernel(SDPBackend.MATH):
+    with sdpa_kernel(SDPBackend.MATH), shape_config.patch(use_duck_shape=False):
         return make_fx(fn, decomposition_table=decompositions(), tracing_mode="symbolic",
                        _allow_non_fake_inputs=True)(*example_inputs)

@@ -25,6 +25,8 @@ import onnx
 from onnx import numpy_helper
 
 LINEAR_OPS = ("MatMul", "Gemm")
+# ops that may compute a constant weight from initializers; dead ones go once their reader is rewritten
+CONSTANT_OPS = ("Constant", "Mul", "Div", "Transpose", "Reshape", "Cast", "Neg")
 
 
 def _constants(model: onnx.ModelProto) -> set[str]:
@@ -90,45 +92,88 @@ def _attributes(node: onnx.NodeProto) -> dict:
 
 
 def _conv_transpose_weights(model: onnx.ModelProto) -> dict:
-    """name -> numpy array of each constant (initializer or Constant node) that a ConvTranspose reads as
-    its weight; only those are materialised (a step graph's other weights can be a GB)."""
+    """name -> numpy array of each constant that a ConvTranspose reads as its weight: an initializer, a
+    Constant node, or a small expression of those (StyleGAN2's W x gain is a Mul of two initializers that
+    the exporter leaves unfolded). Only those are materialised (a step graph's other weights can be a GB)."""
     wanted = {n.input[1] for n in model.graph.node if n.op_type == "ConvTranspose" and len(n.input) > 1}
     arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in wanted}
     arrays |= {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
                if n.op_type == "Constant" and n.output[0] in wanted and n.attribute and n.attribute[0].name == "value"}
+    for name in wanted - arrays.keys():
+        value = _constant_expression(model, name)
+        if value is not None:
+            arrays[name] = value
     return arrays
 
 
+def _constant_expression(model: onnx.ModelProto, name: str, max_nodes: int = 4):
+    """The value of `name` if it is computed by at most max_nodes nodes from constants alone, else None;
+    evaluated with onnx's reference evaluator on just that subgraph."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    initializers = {i.name: i for i in model.graph.initializer}
+    nodes, leaves, todo = [], set(), [name]
+    while todo:
+        current = todo.pop()
+        if current in initializers:
+            leaves.add(current)
+            continue
+        node = producer.get(current)
+        if node is None or len(nodes) == max_nodes or node.op_type in ("RandomNormal", "RandomUniform",
+                                                                       "RandomNormalLike", "RandomUniformLike"):
+            return None  # a graph input, too long a chain, or not deterministic
+        if node not in nodes:
+            nodes.append(node)
+            todo += [i for i in node.input if i]
+    order = [n for n in model.graph.node if n in nodes]  # the graph's own order is topological
+    graph = onnx.helper.make_graph(order, "constant_expression", [],
+                                   [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)],
+                                   [initializers[i] for i in sorted(leaves)])
+    sub = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    from onnx.reference import ReferenceEvaluator
+
+    return np.asarray(ReferenceEvaluator(sub).run(None, {})[0])
+
+
+def conv_weight_of_transpose(w: np.ndarray, group: int) -> np.ndarray:
+    """The Conv weight [C_out, C_in / g, *k] equal to ConvTranspose weight w [C_in, C_out / g, *k] read
+    backwards: in and out channels swapped within each group, kernel reversed."""
+    c_in, c_out_g, kernel = w.shape[0], w.shape[1], w.shape[2:]
+    per_group = w.reshape(group, c_in // group, c_out_g, *kernel).swapaxes(1, 2)
+    as_conv = per_group.reshape(group * c_out_g, c_in // group, *kernel)
+    return np.ascontiguousarray(np.flip(as_conv, axis=tuple(range(2, w.ndim))))
+
+
 def conv_grads_as_conv(model: onnx.ModelProto) -> int:
-    """Rewrites ConvTranspose(g, W[, b]) with constant W, one group, stride 1 and no output padding into
-    Conv(g, flip_hw(W^T)[, b]) with pads d (k - 1) - p (where all are >= 0); returns how many. Nodes
-    that share W share its flipped copy."""
-    weights, flipped_names, done = _conv_transpose_weights(model), {}, 0
+    """Rewrites ConvTranspose(g, W[, b]) with constant W (see _conv_transpose_weights), stride 1 and no
+    output padding into Conv(g, conv_weight_of_transpose(W)[, b]) with the same groups and pads
+    d (k - 1) - p (where all are >= 0); returns how many. Nodes that share W share its converted copy."""
+    weights, converted, done = _conv_transpose_weights(model), {}, 0
     for node in model.graph.node:
         if node.op_type != "ConvTranspose" or node.input[1] not in weights:
             continue
         w, attrs = weights[node.input[1]], _attributes(node)
-        dims = w.ndim - 2
+        dims, group = w.ndim - 2, attrs.get("group", 1)
         kernel = list(w.shape[2:])
         dilations = list(attrs.get("dilations", [1] * dims))
         pads = list(attrs.get("pads", [0] * 2 * dims))
         as_conv = [d * (k - 1) - p for d, k, p in zip(dilations * 2, kernel * 2, pads)]
-        if (attrs.get("group", 1) != 1 or any(s != 1 for s in attrs.get("strides", [1] * dims))
+        if (w.shape[0] % group or any(s != 1 for s in attrs.get("strides", [1] * dims))
                 or any(attrs.get("output_padding", [])) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
                 or "output_shape" in attrs or min(as_conv) < 0):
             continue
-        if node.input[1] not in flipped_names:
-            flipped = np.ascontiguousarray(np.flip(np.swapaxes(w, 0, 1), axis=tuple(range(2, w.ndim))))
-            flipped_names[node.input[1]] = f"{node.input[1]}_flipped_for_conv"
-            model.graph.initializer.append(numpy_helper.from_array(flipped, flipped_names[node.input[1]]))
-        node.op_type, node.input[1] = "Conv", flipped_names[node.input[1]]
+        key = (node.input[1], group)
+        if key not in converted:
+            converted[key] = f"{node.input[1]}_flipped_for_conv" + (f"_g{group}" if group != 1 else "")
+            model.graph.initializer.append(numpy_helper.from_array(conv_weight_of_transpose(w, group), converted[key]))
+        node.op_type, node.input[1] = "Conv", converted[key]
         del node.attribute[:]
         node.attribute.extend([onnx.helper.make_attribute("kernel_shape", kernel),
                                onnx.helper.make_attribute("pads", as_conv),
-                               onnx.helper.make_attribute("dilations", dilations)])
+                               onnx.helper.make_attribute("dilations", dilations),
+                               onnx.helper.make_attribute("group", group)])
         done += 1
     if done:
-        _remove_dead(model, ("Constant",))
+        _remove_dead(model, CONSTANT_OPS)
         _remove_unused_initializers(model)
     return done
 

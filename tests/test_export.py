@@ -151,31 +151,57 @@ def test_pool_gradients_become_resize_with_the_same_results(tmp_path):
 
 def test_stride_1_conv_gradients_become_convs_with_the_same_results(tmp_path):
     """ConvTranspose as export/gradient.py writes conv input gradients: stride 1 with pads, dilation and a
-    bias (rewritten), and a stride-2 and a grouped one (kept)."""
+    bias, grouped (C_out / g != C_in / g), and depthwise with a weight that is a Mul of two constants (as
+    StyleGAN2's blur and gain give) are rewritten; a stride-2 one and one reading a graph input are kept."""
     rng = np.random.default_rng(0)
     w = {n: rng.standard_normal(shape).astype(np.float32) for n, shape in
          (("w_pad", (4, 6, 3, 3)), ("w_dil", (6, 5, 3, 3)), ("bias", (5,)), ("w_1x1", (5, 4, 1, 1)),
-          ("w_s2", (4, 4, 3, 3)), ("w_grp", (4, 2, 3, 3)))}
+          ("w_s2", (4, 4, 3, 3)), ("w_grp", (4, 3, 3, 3)), ("w_dw", (6, 1, 4, 4)), ("gain", (1,)))}
     nodes = [helper.make_node("ConvTranspose", ["x", "w_pad"], ["a"], pads=[1, 0, 2, 1], name="pad"),
              helper.make_node("ConvTranspose", ["a", "w_dil", "bias"], ["b"], dilations=[2, 2], pads=[2, 2, 2, 2],
                               name="dilated"),
              helper.make_node("ConvTranspose", ["b", "w_1x1"], ["c"], name="pointwise"),
              helper.make_node("ConvTranspose", ["c", "w_s2"], ["d"], strides=[2, 2], pads=[1, 1, 1, 1], name="strided"),
-             helper.make_node("ConvTranspose", ["d", "w_grp"], ["y"], group=2, pads=[1, 1, 1, 1], name="grouped")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 7, 9])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 11, 19])],
+             helper.make_node("ConvTranspose", ["d", "w_grp"], ["e"], group=2, pads=[1, 1, 1, 1], name="grouped"),
+             helper.make_node("Mul", ["w_dw", "gain"], ["w_dw_scaled"], name="gain"),
+             helper.make_node("ConvTranspose", ["e", "w_dw_scaled"], ["f"], group=6, pads=[1, 2, 2, 1],
+                              name="depthwise"),
+             helper.make_node("ConvTranspose", ["f", "w_in"], ["y"], pads=[1, 1, 1, 1], name="weight_input")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 7, 9]),
+              helper.make_tensor_value_info("w_in", TensorProto.FLOAT, [6, 2, 3, 3])]
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                                                 ["n", 2, 12, 20])],
                               [onnx.numpy_helper.from_array(v, n) for n, v in w.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     onnx.save(model, str(tmp_path / "a.onnx"))
-    feeds = [{"x": rng.standard_normal((n, 4, 7, 9)).astype(np.float32)} for n in (1, 3)]
+    feeds = [{"x": rng.standard_normal((n, 4, 7, 9)).astype(np.float32),
+              "w_in": rng.standard_normal((6, 2, 3, 3)).astype(np.float32)} for n in (1, 3)]
     before = run_onnx(tmp_path / "a.onnx", feeds)
-    assert conv_grads_as_conv(model) == 3
-    assert [n.op_type for n in model.graph.node] == ["Conv", "Conv", "Conv", "ConvTranspose", "ConvTranspose"]
+    assert conv_grads_as_conv(model) == 5
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Conv", "Conv", "ConvTranspose", "Conv", "Conv",
+                                                     "ConvTranspose"]  # the dead Mul is gone
+    assert [a.i for n in model.graph.node for a in n.attribute if a.name == "group"] == [1, 1, 1, 2, 6], \
+        "the kept ConvTransposes have no group attribute here"
     onnx.checker.check_model(model)
     onnx.save(model, str(tmp_path / "b.onnx"))
     for want, got in zip(before, run_onnx(tmp_path / "b.onnx", feeds)):
-        assert got["y"].shape == want["y"].shape
-        np.testing.assert_allclose(got["y"], want["y"], rtol=1e-4, atol=1e-4)
+        assert got["y"].shape == want["y"].shape  # values reach 3e4 after six convs: compare by relative error
+        assert np.linalg.norm(got["y"] - want["y"]) / np.linalg.norm(want["y"]) < 1e-6
+
+
+def test_conv_weight_of_transpose_matches_torch_grouped_conv_gradient():
+    """For groups 1, 2 and depthwise: conv_transpose2d(g, W) == conv2d(g, conv_weight_of_transpose(W))
+    with padding k - 1 - p, which is what the rewrite relies on."""
+    from tr0n_rt.export.onnx_fixes import conv_weight_of_transpose
+
+    torch.manual_seed(0)
+    for c_in, c_out, groups, k, p in ((4, 6, 1, 3, 1), (4, 6, 2, 3, 1), (6, 6, 6, 4, 1), (6, 3, 3, 2, 0)):
+        w = torch.randn(c_in, c_out // groups, k, k)
+        g = torch.randn(2, c_in, 8, 7)
+        want = torch.nn.functional.conv_transpose2d(g, w, padding=p, groups=groups)
+        as_conv = torch.from_numpy(conv_weight_of_transpose(w.numpy(), groups))
+        got = torch.nn.functional.conv2d(g, as_conv, padding=k - 1 - p, groups=groups)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_fp16_keeps_float32_islands_exact():
@@ -203,6 +229,7 @@ def test_fp16_keeps_float32_islands_exact():
 def test_fp16_graphs_keep_float32_io(text_bundle):
     for f in text_bundle.glob("*.fp16.onnx"):
         model = onnx.load(str(f))
+        onnx.checker.check_model(model)  # nodes topologically sorted again after the converter's casts
         for v in list(model.graph.input) + list(model.graph.output):
             assert v.type.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.INT64), (f, v.name)
         assert any(init.data_type == TensorProto.FLOAT16 for init in model.graph.initializer), f
@@ -221,6 +248,51 @@ def test_strict_fp16_validation_agrees_with_the_report(text_bundle, tiny_text_pi
     else:
         with pytest.raises(ValidationError, match="outside the FP16 tolerance"):
             validate_fp16(p, spec, text_bundle / "step.fp16.onnx", text_bundle / "step.onnx", strict=True)
+
+
+def test_fp16_validation_catches_a_reversed_update(tiny_text_pipeline, tmp_path, monkeypatch):
+    """A step whose update goes the wrong way changes means_next by ~1% only (the latents are far larger
+    than one update): the update cosines must refuse it."""
+    import tr0n_rt.export.step as step_mod
+    from tr0n_rt.export.graphs import export_graph
+    from tr0n_rt.export.validate import validate_fp16
+
+    p = TorchPipeline.load(tiny_text_pipeline)
+    spec = next(s for s in graph_specs(p) if s.name == "step")
+    good = export_graph(p, spec, tmp_path / "good" / "step.onnx")
+    real = step_mod.energy_and_grads
+
+    def reversed_gradient(*args, **kwargs):
+        e, gm, gl = real(*args, **kwargs)
+        return e, -gm, -gl
+    monkeypatch.setattr(step_mod, "energy_and_grads", reversed_gradient)
+    bad = export_graph(p, spec, tmp_path / "bad" / "step.onnx")
+    report = validate_fp16(p, spec, good, good, strict=True)  # a graph agrees with itself
+    assert report["means update cosine"] > 0.9999 and report["logits update cosine"] > 0.9999
+    with pytest.raises(ValidationError, match="update cosine|gradient cosine"):
+        validate_fp16(p, spec, bad, good, strict=True)
+    report = validate_fp16(p, spec, bad, good, strict=False)
+    assert report["means update cosine"] < -0.9 and report["logits update cosine"] < -0.9, report
+
+
+def test_dynamic_axes_survive_sizes_that_equal_static_ones(tmp_path):
+    """K = 4 components with 4 classes (the condition's width is 4): tracing once unified K with that
+    static size and exported means [batch, 4, D]. K must stay dynamic, and a graph whose declared
+    dynamic axis came out fixed is refused."""
+    from tests.conftest import build_tiny_pipeline
+    from tr0n_rt.export.bundle_export import check_dynamic_axes, tensor_specs
+    from tr0n_rt.export.graphs import export_graph
+
+    p = TorchPipeline.load(build_tiny_pipeline(tmp_path / "pipe", "class", components=4))
+    assert p.translator.config.cond_dim == p.translator.config.num_components == 4
+    spec = next(s for s in graph_specs(p) if s.name == "step")
+    path = export_graph(p, spec, tmp_path / "step.onnx")
+    inputs = tensor_specs(onnx.load(str(path), load_external_data=False).graph.input)
+    assert inputs["means"]["shape"][:2] == ["batch", "components"], inputs["means"]
+    check_dynamic_axes(spec, inputs)
+    inputs["means"]["shape"][1] = 4
+    with pytest.raises(ValidationError, match=r"fixed axes declared dynamic: means\[1\] = 4"):
+        check_dynamic_axes(spec, inputs)
 
 
 def test_polygraphy_runs_every_graph_with_onnxruntime(text_bundle):
@@ -265,6 +337,44 @@ def test_a_failed_re_export_leaves_the_bundle_as_it_was(text_bundle, tmp_path, m
     export_bundle(folder, graphs=["translator"], fp16=False)
     assert [f.name for f in folder.iterdir() if f.is_dir()] == []
     assert load_bundle(folder).manifest["graphs"].keys() == json.loads(before["manifest.json"])["graphs"].keys()
+
+
+def test_a_manifest_write_that_fails_restores_the_replaced_files(text_bundle, tmp_path, monkeypatch):
+    """The new files are in place before the manifest is written: if that write fails (a full disk),
+    the files it would have listed go and the replaced ones come back, so the old manifest still holds."""
+    import errno
+
+    from tr0n_rt.export import bundle_export
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(text_bundle, folder)
+    before = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
+
+    def disk_full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(bundle_export, "write_bytes", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_bundle(folder, graphs=["translator"], fp16=False, validate=False)
+    after = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
+    assert after == before and [f.name for f in folder.iterdir() if f.is_dir()] == []
+    load_bundle(folder)  # every checksum holds
+
+
+def test_a_partial_re_export_refuses_to_keep_graphs_of_changed_weights(text_bundle, tmp_path):
+    """Retrained generator weights, then `--graphs generator` alone: energy and step (which contain the
+    generator) would keep the old weights, so the export names them; with them it succeeds."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(text_bundle, folder)
+    assert json.loads((folder / "manifest.json").read_text())["export"]["parts"]["generator"]
+    weights = load_file(str(folder / "generator.safetensors"))
+    save_file({k: np.asarray(v * 1.01, dtype=v.dtype) for k, v in weights.items()}, str(folder / "generator.safetensors"))
+    with pytest.raises(ConfigError, match=r"energy was exported from other generator.*--graphs energy generator step"):
+        export_bundle(folder, graphs=["generator"], fp16=False, validate=False)
+    export_bundle(folder, graphs=["generator", "energy", "step"], fp16=False, validate=False)
+    export_bundle(folder, graphs=["translator"], fp16=False, validate=False)  # nothing else changed since
+    load_bundle(folder)
 
 
 def test_the_step_backward_uses_forward_convs(text_bundle):

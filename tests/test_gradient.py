@@ -36,6 +36,21 @@ def test_stride_1_conv_input_gradient_with_padding_dilation_and_groups(kernel, p
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride,dilation,output_padding", [(2, 1, 1), (1, 2, 1), (2, 3, 2), (3, 1, 2)])
+def test_transposed_conv_input_gradient_with_output_padding(stride, dilation, output_padding):
+    """Including output_padding >= stride (torch allows it below max(stride, dilation)), where the forward
+    conv that is the gradient returns extra rows."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 9, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3)
+    y = F.conv_transpose2d(x, w, stride=stride, padding=1, output_padding=output_padding, dilation=dilation)
+    g = torch.randn_like(y)
+    (expected,) = torch.autograd.grad(y, x, g)
+    ours, _, _ = _conv_input_grad(g, x, w, None, [stride] * 2, [1, 1], [dilation] * 2, True, [output_padding] * 2,
+                                  1, [True, False, False])
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_traced_relu_gradient_has_no_where():
     """The traced backward of conv -> relu -> conv takes ReLU's gradient as a product, not a where (the
     stride-1 conv gradients become forward convs after export: tests/test_export.py)."""
