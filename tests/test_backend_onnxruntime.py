@@ -2,6 +2,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 import warnings
 
 import numpy as np
@@ -231,6 +232,38 @@ def test_an_unusable_cache_file_is_replaced(text_bundle, tmp_path):
         np.testing.assert_array_equal(again.run("generator", {"latent": latent})["images"], reference)
         assert again.graphs["generator"].source == "graph"
         assert OrtBackend.open(text_bundle, cache_dir=cache).load("generator").source == "cache"  # rewritten
+
+
+def scaled_weights(src: Path, dst: Path) -> None:
+    """dst: the graph at src with its largest weight doubled: same inputs and outputs, other results."""
+    import onnx
+
+    model = onnx.load(str(src))
+    weight = max(model.graph.initializer, key=lambda t: onnx.numpy_helper.to_array(t).size)
+    weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * 2, weight.name))
+    onnx.save(model, str(dst))
+
+
+def test_a_cache_file_altered_with_the_same_io_is_rebuilt_not_run(text_bundle, tmp_path):
+    cache, latent = tmp_path / "cache", np.ones((2, 8), np.float32)
+    be = OrtBackend.open(text_bundle, cache_dir=cache)
+    reference = be.run("generator", {"latent": latent})["images"]
+    cached = be.graphs["generator"].cache_file
+    assert cached.with_name(f"{cached.name}.sha256").is_file()
+    scaled_weights(cached, cached)
+    again = OrtBackend.open(text_bundle, cache_dir=cache)
+    np.testing.assert_array_equal(again.run("generator", {"latent": latent})["images"], reference)
+    assert again.graphs["generator"].source == "graph"
+
+
+def test_a_graph_replaced_after_open_is_refused(text_bundle, tmp_path):
+    """open() verifies every file; a session is made on first use, from bytes hashed again as read."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(text_bundle, bundle)
+    be = OrtBackend.open(bundle, cache_dir=tmp_path / "cache")
+    scaled_weights(bundle / "generator.onnx", bundle / "generator.onnx")
+    with pytest.raises(BundleError, match="changed since the bundle was opened"):
+        be.run("generator", {"latent": np.ones((1, 8), np.float32)})
 
 
 def test_threads_and_spinning_reach_every_session(text_bundle, tmp_path):

@@ -28,12 +28,20 @@ def test_class_world_sample(tiny_class_pipeline, tmp_path):
 
 @pytest.mark.parametrize("argv,message", [
     (["sample", "  "], "empty"),
-    (["sample", "x", "--preset", "fast", "--mode", "mixture", "--steps", "-1"], "steps and copies must be >= 0"),
+    (["sample", "!!!"], "has no words"),
+    (["sample", "x", "--preset", "fast", "--mode", "mixture", "--steps", "-1"], "--steps: must be >= 0, got -1"),
+    (["sample", "x", "--samples", "0"], "--samples: must be >= 1, got 0"),
+    (["sample", "x", "--seed", "-1"], "--seed: must be >= 0"),
+    (["sample", "x", "--batch", "two"], "--batch: 'two' is not a whole number"),
+    (["sample", "x", "y", "--interpolate", "0"], "--interpolate: must be >= 2"),
     (["sample"], "give at least one prompt"),
 ])
 def test_bad_input_gives_a_clear_error_and_no_output(tiny_text_pipeline, tmp_path, capsys, argv, message):
     out = tmp_path / "out"
-    rc = main(argv + ["--pipeline", str(tiny_text_pipeline), "--out", str(out)])
+    try:
+        rc = main(argv + ["--pipeline", str(tiny_text_pipeline), "--out", str(out)])
+    except SystemExit as e:  # argparse refuses a bad number with its usage line
+        rc = e.code
     assert rc == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
@@ -61,3 +69,26 @@ def test_every_subcommand_explains_its_options(capsys):
             main([cmd, "--help"])
         text = capsys.readouterr().out
         assert "usage: tr0n-rt " + cmd in text and "--seed" in text
+
+
+def test_sample_checks_its_outputs_before_sampling(tiny_text_pipeline, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    args = ["sample", "a circle", "--pipeline", str(tiny_text_pipeline), "--steps", "1", "--copies", "1"]
+    assert main(args + ["--out", str(tmp_path / "file")]) == 2
+    assert "is a file: give a folder" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "o"), "--json", str(tmp_path)]) == 2
+    assert "is a folder: give a file name" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_sample_replaces_an_earlier_run_in_the_same_folder(tiny_text_pipeline, tmp_path):
+    """The new JSON describes every image in the folder: the earlier run's extra PNGs go, other files
+    stay, and no staging folder is left; T = 0 energies are written as null (standard JSON)."""
+    out = tmp_path / "out"
+    base = ["--pipeline", str(tiny_text_pipeline), "--copies", "1", "--out", str(out)]
+    assert main(["sample", "a red circle", "a blue square", "a circle", "--steps", "1"] + base) == 0
+    (out / "notes.txt").write_text("mine")
+    assert main(["sample", "a red square", "--steps", "0"] + base) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["000.png", "grid.png", "notes.txt", "samples.json"]
+    data = json.loads((out / "samples.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+    assert [r["prompt"] for r in data["images"]] == ["a red square"] and data["images"][0]["energy"] is None

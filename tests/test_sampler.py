@@ -136,8 +136,13 @@ def test_generate_refuses_unclear_requests(text_sampler):
         text_sampler.generate()
     with pytest.raises(ConfigError, match="got prompts, embeddings"):
         text_sampler.generate(["a circle"], embeddings=np.zeros((1, 16), np.float32))
-    with pytest.raises(ConfigError, match="samples must be >= 1"):
-        text_sampler.generate(["a circle"], samples=0)
+    for samples in (0, 2.0, True):
+        with pytest.raises(ConfigError, match="samples must be a whole number >= 1"):
+            text_sampler.generate(["a circle"], samples=samples)
+    with pytest.raises(ConfigError, match="seed must be a whole number >= 0"):
+        text_sampler.generate(["a circle"], seed=-1)
+    with pytest.raises(ConfigError, match=r"seeds must be whole numbers >= 0.*\[-3\]"):
+        text_sampler.sample(text_sampler.encode_text(["a circle"]), [-3])
     with pytest.raises(ConfigError, match="unknown output 'gpu'"):
         text_sampler.generate(["a circle"], output="gpu")
     with pytest.raises(ShapeError, match=r"expected \[batch, 16\]"):
@@ -162,3 +167,24 @@ def test_open_takes_settings_and_names_unknown_backends(tiny_text_pipeline):
         Sampler.open(tiny_text_pipeline, backend="tensorflow")
     with pytest.raises(ConfigError, match="unknown sampling setting"):
         Sampler.open(tiny_text_pipeline, backend="torch", temperature=2.0)
+
+
+@pytest.mark.parametrize("world", ["shapes", "digits"])
+def test_shipped_bundles_run_every_mode_on_onnxruntime(world):
+    """The shipped step graphs take K = 1 (sample mode, prior init) as well as the translator's K: an
+    exporter that fixed K (digits once had means [batch, 10, 32]) made these modes fail on them."""
+    pytest.importorskip("onnxruntime")
+    s = Sampler.open(world, backend="onnxruntime", steps=2, copies=2)
+    condition = {"prompts": "a red circle"} if world == "shapes" else {"classes": "3"}
+    for settings in ({}, {"mode": "sample"}, {"init": "prior"}):
+        batch = s.generate(**condition, samples=2, config=s.config.with_overrides(**settings))
+        assert batch.images.shape[0] == 2 and np.isfinite(batch.images).all(), settings
+        assert np.isfinite(batch.energy_trace).all(), settings
+
+
+def test_sampling_config_refuses_wrong_types_with_a_fix():
+    for field, value in (("steps", 2.5), ("copies", "8"), ("steps", True), ("latent_lr", float("nan")),
+                         ("noise_std", "0.01")):
+        with pytest.raises(ConfigError, match=field):
+            SamplingConfig(**{field: value})
+    assert SamplingConfig(steps=np.int64(3), latent_lr=1).steps == 3  # numpy ints and int learning rates are fine

@@ -445,6 +445,29 @@ def test_batch_one_runs_its_own_profile_and_bigger_batches_are_refused(fake_trt,
         s.sample(random_conditions(1, 16), [0], SamplingConfig(steps=2, copies=7))
 
 
+def test_only_plans_the_manifest_lists_and_hashes_are_deserialised(fake_trt, bundle_copy, tmp_path):
+    """A stamp naming a file outside `files` (or outside the bundle) is refused, and so is a plan that does
+    not match its hash: TensorRT deserialises exactly the bytes that were verified."""
+    built(bundle_copy)
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    stamp = manifest["engines"]["generator"]["fp16"]
+    outside = tmp_path / "outside.plan"
+    outside.write_bytes((bundle_copy / stamp["file"]).read_bytes())
+    for name in (f"../{outside.name}", "unlisted.plan"):
+        copy = tmp_path / f"b{len(name)}"
+        shutil.copytree(bundle_copy, copy)
+        shutil.copy(outside, copy / "unlisted.plan")
+        m = json.loads((copy / "manifest.json").read_text())
+        m["engines"]["generator"]["fp16"]["file"] = name
+        (copy / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(BundleError, match="leaves the bundle folder|not listed"):
+            TrtBackend.open(copy)
+    plan = bundle_copy / stamp["file"]
+    plan.write_bytes(plan.read_bytes().replace(b'"memory"', b'"memorx"'))  # same size, other bytes
+    with pytest.raises(BundleError, match="does not match its sha256"):
+        TrtBackend.open(bundle_copy)
+
+
 @pytest.mark.parametrize("fp32_engine", [False, True])
 def test_fp16_guard_recomputes_a_nan_step_in_float32(fake_trt, bundle_copy, tmp_path, fp32_engine):
     built(bundle_copy, ("fp16", "fp32") if fp32_engine else ("fp16",))

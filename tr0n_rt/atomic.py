@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -33,4 +34,22 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    """Standard JSON: NaN and infinities (an energy with T = 0, an accuracy over no images) become null,
+    which every JSON parser reads (Python's json would write bare NaN, which JavaScript's JSON.parse refuses)."""
+    write_bytes(path, json_bytes(obj))
+
+
+def json_bytes(obj) -> bytes:
+    """obj as indented standard JSON (see write_json), UTF-8."""
+    return (json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n").encode()
+
+
+def json_safe(obj):
+    """obj with every non-finite float replaced by None (dicts, lists and tuples walked)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

@@ -438,6 +438,8 @@ def cmd_bench(args) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from .cli import whole_number  # cli imports this module first, so cli is complete here
+
     p = subparsers.add_parser(
         "bench", help="quick benchmark: latency, images/s, stages, cold start, peak memory per backend",
         description="Time the whole sampler per backend and batch size, each configuration in a fresh process: "
@@ -451,12 +453,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="configurations, e.g. torch onnxruntime:fp32 onnxruntime:fp16 tensorrt:fp16 "
                         "(default: every installed engine the folder can run)")
     g = p.add_argument_group("workload")
-    g.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default: 1 8)")
-    g.add_argument("--steps", type=int, default=5, help="Langevin steps T (default: 5)")
-    g.add_argument("--copies", type=int, default=None, help="augmented copies A (default: the pipeline's)")
-    g.add_argument("--warmup", type=int, default=1, help="untimed calls after the first image (default: 1)")
-    g.add_argument("--repeats", type=int, default=3, help="timed calls; medians are reported (default: 3)")
-    g.add_argument("--threads", type=int, default=None,
+    g.add_argument("--batch", type=whole_number(1), nargs="+", default=[1, 8], help="batch sizes (default: 1 8)")
+    g.add_argument("--steps", type=whole_number(0), default=5, help="Langevin steps T (default: 5)")
+    g.add_argument("--copies", type=whole_number(0), default=None, help="augmented copies A (default: the pipeline's)")
+    g.add_argument("--warmup", type=whole_number(0), default=1, help="untimed calls after the first image (default: 1)")
+    g.add_argument("--repeats", type=whole_number(1), default=3, help="timed calls; medians are reported (default: 3)")
+    g.add_argument("--threads", type=whole_number(1), default=None,
                    help="threads of each process: OMP_NUM_THREADS, torch's and onnxruntime's intra-op threads")
     g.add_argument("--cold", action="store_true", help="empty onnxruntime graph cache for every configuration")
     g.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration (default: 600)")

@@ -72,6 +72,29 @@ class Bundle:
     def has(self, graph: str) -> bool:
         return graph in self.manifest["graphs"]
 
+    def read_verified(self, name: str) -> bytes:
+        """A listed file's bytes, checked against the manifest as read: what the caller then hands to an
+        engine is exactly what was verified, even if the file is replaced after load_bundle."""
+        meta = self._listed(name)
+        data = (self.folder / name).read_bytes()
+        if len(data) != meta["bytes"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            raise BundleError(f"bundle file {self.folder / name} does not match its sha256 in the manifest: it "
+                              "changed since the bundle was opened; re-export or re-copy the bundle")
+        return data
+
+    def verify(self, names) -> None:
+        """Checks the named listed files again (size and sha256), e.g. right before an engine reads them."""
+        verify_files(self.folder, {name: self._listed(name) for name in names})
+
+    def _listed(self, name: str) -> dict:
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"bundle file name {name!r} leaves the bundle folder; the manifest is not trusted")
+        meta = self.manifest["files"].get(name)
+        if meta is None:
+            raise BundleError(f"{name} is not listed in {self.folder / 'manifest.json'} (field 'files'), so it "
+                              "cannot be verified; rebuild or re-export the bundle")
+        return meta
+
 
 def _field(manifest: dict, path: str, kind, where: Path):
     """manifest["a"]["b"] for path "a.b", checked to be of `kind`; a BundleError names the field."""
@@ -119,10 +142,16 @@ def load_bundle(folder: str | Path, verify: bool = True) -> Bundle:
     if unknown:
         raise BundleError(f"{path}: unknown graph(s) {', '.join(unknown)} in field 'graphs' (known: {', '.join(GRAPHS)})")
     files = _field(m, "files", dict, path)
+    for name, meta in files.items():
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or not isinstance(meta.get("bytes"), int):
+            raise BundleError(f"{path}: files.{name} is {meta!r}, expected {{'bytes': int, 'sha256': str}}; "
+                              "the manifest is damaged: re-export the bundle")
     for g, entry in graphs.items():
         for prec, name in _field(m, f"graphs.{g}.files", dict, path).items():
             if prec not in PRECISIONS:
                 raise BundleError(f"{path}: graphs.{g}.files has precision {prec!r}; known: {', '.join(PRECISIONS)}")
+            if not isinstance(name, str):
+                raise BundleError(f"{path}: graphs.{g}.files.{prec} is {name!r}, expected a file name")
             if name not in files:
                 raise BundleError(f"{path}: {name} (graphs.{g}.files.{prec}) is not listed in field 'files'")
         _field(m, f"graphs.{g}.inputs", dict, path)

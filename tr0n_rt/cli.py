@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,6 +16,21 @@ from .bench import add_parser as add_bench_parser
 from .errors import Tr0nError
 
 EPILOG = "Sample j of every prompt uses seed SEED + j, so a prompt's images do not depend on the others."
+
+
+def whole_number(minimum: int):
+    """An argparse type: an int >= minimum, refused with argparse's usage message otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"whole number >= {minimum}"
+    return parse
 
 
 def add_pipeline_args(p: argparse.ArgumentParser) -> None:
@@ -25,7 +43,7 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
                    help="which bundle graphs the onnxruntime backend runs (default: fp32)")
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu; the tensorrt backend needs cuda)")
-    g.add_argument("--threads", type=int, default=None,
+    g.add_argument("--threads", type=whole_number(1), default=None,
                    help="onnxruntime's CPU threads (default: one per core; fewer when the cores are shared)")
 
 
@@ -35,17 +53,17 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="paper: the reference's T=100, A=50; fast: T=25, A=8")
     g.add_argument("--mode", choices=["mixture", "sample"], default=None,
                    help="mixture: refine all K translator means (reference code); sample: z0 ~ q(z|c), then SGLD")
-    g.add_argument("--steps", type=int, default=None, help="Langevin steps T; 0 = translator only")
-    g.add_argument("--copies", type=int, default=None, help="augmented copies A in the energy; 0 = none")
+    g.add_argument("--steps", type=whole_number(0), default=None, help="Langevin steps T; 0 = translator only")
+    g.add_argument("--copies", type=whole_number(0), default=None, help="augmented copies A in the energy; 0 = none")
     g.add_argument("--latent-lr", type=float, default=None, help="SGLD step size on the means")
     g.add_argument("--momentum", type=float, default=None, help="SGLD momentum")
     g.add_argument("--noise-std", type=float, default=None, help="SGLD noise std added after each step")
     g.add_argument("--logits-lr", type=float, default=None, help="Adam step size on the mixture logits")
     g.add_argument("--aesthetic-weight", type=float, default=None,
                    help="alpha of the aesthetic term in the energy (pipelines with an aesthetic head; default 0)")
-    g.add_argument("--samples", type=int, default=1, help="images per prompt or class (default: 1)")
-    g.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
-    g.add_argument("--batch", type=int, default=16, help="images per backend batch (default: 16)")
+    g.add_argument("--samples", type=whole_number(1), default=1, help="images per prompt or class (default: 1)")
+    g.add_argument("--seed", type=whole_number(0), default=0, help="base seed (default: 0)")
+    g.add_argument("--batch", type=whole_number(1), default=16, help="images per backend batch (default: 16)")
 
 
 def resolve_pipeline(args) -> Path:
@@ -143,7 +161,7 @@ def sample_inputs(args, sampler):
         labels, conditions, translator = list(args.queries), sampler.conditions(args.queries), "translator"
         key = "class" if sampler.info.condition == "class" else "prompt"
         judged = list(labels)
-    if not args.interpolate:
+    if args.interpolate is None:
         return labels, conditions, key, translator, judged, None
     if len(labels) != 2:
         raise Tr0nError(f"--interpolate takes exactly two endpoints (two prompts, classes or images), got {len(labels)}")
@@ -157,9 +175,9 @@ def sample_inputs(args, sampler):
 
 
 def cmd_sample(args) -> int:
-    from .atomic import write_bytes, write_json
-    from .images import clip_pixels, grid, png_bytes, save_png
+    from .images import clip_pixels, grid, png_bytes, to_pil
 
+    check_outputs(args.out, args.json or args.out / "samples.json")  # before minutes of sampling, not after
     folder, sampler = open_sampler(args)
     labels, conditions, key, translator, judged, interp = sample_inputs(args, sampler)
     judge = load_judge(folder) if not args.no_judge else None
@@ -197,12 +215,9 @@ def cmd_sample(args) -> int:
         sheet_name, sheet = "strip.png", grid(np.stack(cells), caps, columns=columns)
     else:
         sheet = grid(np.stack(images), captions, columns=min(len(images), 8))
-    # Everything is computed; now write, each file atomically, the JSON last.
-    out_dir = args.out
-    for n, (rec, img) in enumerate(zip(records, images)):
+    out_dir, json_path = args.out, args.json or args.out / "samples.json"
+    for n, rec in enumerate(records):
         rec["file"] = str(out_dir / f"{n:03d}.png")
-        save_png(rec["file"], img, scale=1)
-    write_bytes(out_dir / sheet_name, png_bytes(sheet))
     summary = {"pipeline": str(folder), "backend": sampler.backend.name, "precision": args.precision,
                "fp16_fallback_steps": getattr(sampler.backend, "fp16_fallbacks", None),
                "conditioning": key, "translator": translator, sheet_name.removesuffix(".png"): str(out_dir / sheet_name),
@@ -210,14 +225,65 @@ def cmd_sample(args) -> int:
     if interp is not None:
         summary["interpolation"] = {"endpoints": interp[0], "t": interp[1],
                                     "method": "linear" if key == "class" else "slerp"}
-    write_json(args.json or out_dir / "samples.json", summary)
+    write_results(out_dir, json_path, {Path(rec["file"]).name: png_bytes(to_pil(img)) for rec, img in
+                                       zip(records, images)} | {sheet_name: png_bytes(sheet)}, summary)
     for rec in records:
         verdict = rec["judge"]
         note = "" if verdict is None else f"  judge: {'correct' if verdict['correct'] else 'wrong'}"
         where = f" t={rec['t']:.2f}" if "t" in rec else ""
         print(f"{rec['file']}  E={rec['energy']:.4f}  {rec[key]!r}{where}{note}")
-    print(f"{sheet_name.removesuffix('.png')}: {out_dir / sheet_name}  json: {args.json or out_dir / 'samples.json'}")
+    print(f"{sheet_name.removesuffix('.png')}: {out_dir / sheet_name}  json: {json_path}")
     return 0
+
+
+def check_outputs(out_dir: Path, json_path: Path | None = None) -> None:
+    """Tr0nError unless out_dir is a folder or can be created as one, and json_path is not a folder.
+    Creates nothing: a run refused later leaves no empty folder behind."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise Tr0nError(f"--out {out_dir} is a file: give a folder (it is created if missing)")
+    if json_path is not None and json_path.is_dir():
+        raise Tr0nError(f"--json {json_path} is a folder: give a file name")
+    for path in (out_dir, json_path.parent if json_path is not None else out_dir):
+        existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise Tr0nError(f"cannot write into {path}: {existing} is not a writable folder; choose another "
+                            "--out / --json")
+
+
+def write_results(out_dir: Path, json_path: Path, files: dict[str, bytes], summary: dict) -> None:
+    """Writes `files` (name -> bytes) into out_dir and the summary JSON last. The JSON is serialised and
+    every file written into a staging folder in out_dir first; only then are they renamed into place,
+    so a failed write (a full disk) leaves the previous run's files as they were. Numbered PNGs that
+    the previous JSON at json_path listed in out_dir and this run did not write are then removed: no
+    image is left that no JSON describes."""
+    from .atomic import json_bytes, write_bytes
+
+    previous = listed_images(json_path, out_dir)
+    text = json_bytes(summary)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".tr0n-rt-sample.", dir=out_dir) as stage:
+            for name, data in files.items():
+                (Path(stage) / name).write_bytes(data)
+            for name in files:
+                os.replace(Path(stage) / name, out_dir / name)
+        write_bytes(json_path, text)
+    except OSError as e:
+        raise Tr0nError(f"cannot write the results ({e.strerror}: {e.filename}): free space or choose "
+                        "another --out / --json") from None
+    for stale in previous - set(files):
+        (out_dir / stale).unlink(missing_ok=True)
+
+
+def listed_images(json_path: Path, out_dir: Path) -> set[str]:
+    """Names of the numbered PNGs (000.png, ...) in out_dir that an earlier samples JSON lists."""
+    try:
+        records = json.loads(json_path.read_text()).get("images", [])
+        files = [Path(r["file"]) for r in records if isinstance(r, dict) and isinstance(r.get("file"), str)]
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {f.name for f in files if re.fullmatch(r"\d{3,}\.png", f.name)
+            and (out_dir / f.name).resolve() == f.resolve()}
 
 
 def cmd_eval(args) -> int:
@@ -311,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=Path, nargs="+", default=None, metavar="PATH",
                    help="condition on images instead (files or folders; CLIP pipelines): c = the CLIP image "
                         "embedding, mapped by the pipeline's image translator when it has one")
-    p.add_argument("--interpolate", type=int, default=None, metavar="N",
+    p.add_argument("--interpolate", type=whole_number(2), default=None, metavar="N",
                    help="N conditions from the first to the second prompt/class/image (slerp on the CLIP "
                         "sphere; classes linearly), each sampled with TR0N; writes OUT/strip.png")
     add_pipeline_args(p)
@@ -326,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_args(p)
     add_sampling_args(p)
     p.add_argument("--prompts", type=Path, default=None, help="one prompt or class per line (default: the world's)")
-    p.add_argument("--limit", type=int, default=0, help="use only the first N prompts (0 = all)")
+    p.add_argument("--limit", type=whole_number(0), default=0, help="use only the first N prompts (0 = all)")
     p.add_argument("--json", type=Path, default=None, help="write the accuracy and every verdict here")
     p.set_defaults(func=cmd_eval)
 
@@ -352,12 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "profiles (for CUDA-graph replay), and stamp them into manifest.json.")
     p.add_argument("bundle", nargs="?", type=Path, default=None, help="bundle folder (default: the --world's)")
     p.add_argument("--world", default=None, help="embedded world whose bundle to build (default: shapes)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32], help="batch sizes, one profile each")
-    p.add_argument("--copies", type=int, nargs="+", default=None, help="augmented copies A (default: the bundle's)")
-    p.add_argument("--components", type=int, nargs="+", default=None, help="mixture sizes K (default: 1 and K)")
+    p.add_argument("--batch", type=whole_number(1), nargs="+", default=[1, 8, 32], help="batch sizes, one profile each")
+    p.add_argument("--copies", type=whole_number(0), nargs="+", default=None, help="augmented copies A (default: the bundle's)")
+    p.add_argument("--components", type=whole_number(1), nargs="+", default=None, help="mixture sizes K (default: 1 and K)")
     p.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="which graphs (default: fp16)")
-    p.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimisation level 0-5 (default: 3)")
-    p.add_argument("--workspace-mib", type=int, default=None, help="builder workspace limit (Jetson: keep it small)")
+    p.add_argument("--opt-level", type=whole_number(0), default=3, help="TensorRT builder optimisation level 0-5 (default: 3)")
+    p.add_argument("--workspace-mib", type=whole_number(1), default=None, help="builder workspace limit (Jetson: keep it small)")
     p.add_argument("--timing-cache", type=Path, default=None, help="timing cache file, read and updated")
     p.add_argument("--hardware-compatible", action="store_true", help="engines that run on any Ampere+ GPU")
     p.add_argument("--version-compatible", action="store_true", help="engines that run on newer TensorRT 10.x")
@@ -372,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world", required=True, choices=["shapes", "digits"], help="world to build")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: engines/WORLD)")
     p.add_argument("--work", type=Path, default=None, help="folder for synthetic pairs (default: engines/.cache)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every stage (default: 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=whole_number(0), default=0, help="seed of every stage (default: 0)")
+    p.add_argument("--threads", type=whole_number(1), default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_train)
     return parser
 

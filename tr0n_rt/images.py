@@ -79,6 +79,8 @@ def clip_pixels(image: str | Path | Image.Image, size: int) -> np.ndarray:
         try:
             with Image.open(image) as f:
                 image = f.copy()
+        except Image.DecompressionBombError as e:  # PIL's guard against huge images (not an OSError)
+            raise PromptError(f"cannot read image {image}: {e}; downscale it first") from None
         except (OSError, ValueError) as e:
             raise PromptError(f"cannot read image {image}: {e}; give a PNG, JPEG or WebP file") from None
     w, h = image.size

@@ -14,6 +14,7 @@ depends only on its condition and seed: a batch of 8 gives the same images as 8 
 """
 from __future__ import annotations
 
+import numbers
 import os
 import time
 from dataclasses import dataclass, field
@@ -170,15 +171,17 @@ class Sampler:
         if len(given) != 1:
             raise ConfigError(f"give exactly one of prompts, classes, embeddings or images (got "
                               f"{', '.join(given) or 'none'})")
-        if samples < 1:
-            raise ConfigError(f"samples must be >= 1, got {samples}")
+        if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
+            raise ConfigError(f"samples must be a whole number >= 1, got {samples!r}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}")
         check_output(output)
         (kind, value), = given.items()
         translator = "translator"
         if kind == "embeddings":
             c = np.atleast_2d(np.asarray(value, dtype=np.float32))  # one embedding [d_c] is one row
         else:
-            value = [value] if isinstance(value, (str, int, os.PathLike)) else list(value)  # one prompt, class or file
+            value = [value] if isinstance(value, (str, numbers.Integral, os.PathLike)) else list(value)  # one prompt, class or file
             if not value:
                 raise ConfigError(f"{kind} is empty: give at least one")
             if kind == "prompts":
@@ -210,6 +213,9 @@ class Sampler:
             raise ShapeError(f"conditions have shape {conditions.shape}, expected [batch, {self.info.cond_dim}]")
         if len(seeds) != conditions.shape[0]:
             raise ShapeError(f"{len(seeds)} seeds for {conditions.shape[0]} conditions: give one seed per row")
+        bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0]
+        if bad:
+            raise ConfigError(f"seeds must be whole numbers >= 0 (numpy's generators take no others), got {bad[:3]}")
         be, b, d = self.backend, conditions.shape[0], self.info.latent_dim
         rngs = [np.random.default_rng(int(s)) for s in seeds]
         seconds: dict[str, float] = {}

@@ -7,6 +7,7 @@ the mixture means, Adam lr 5e-3 on the per-dimension mixture logits, gradient no
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
@@ -14,6 +15,8 @@ import numpy as np
 from .errors import ConfigError, unknown_name
 
 MODES = ("mixture", "sample")
+INT_FIELDS = {"steps": int, "copies": int}
+FLOAT_FIELDS = ("latent_lr", "momentum", "noise_std", "logits_lr", "clip_norm", "adam_eps", "aesthetic_weight")
 INITS = ("translator", "prior")
 
 
@@ -32,6 +35,15 @@ class SamplingConfig:
     aesthetic_weight: float = 0.0  # alpha of the aesthetic term (pipelines with an aesthetic head only)
 
     def __post_init__(self):
+        for f in fields(self):  # numbers as numbers: numpy scalars and ints for floats pass, "8" or 2.5 steps do not
+            value, kind = getattr(self, f.name), INT_FIELDS.get(f.name, float if f.name in FLOAT_FIELDS else None)
+            if kind is None:
+                continue
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or (
+                    kind is int and not isinstance(value, numbers.Integral)) or not np.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite {'whole number' if kind is int else 'number'}, "
+                                  f"got {value!r}")
+            object.__setattr__(self, f.name, kind(value))
         if self.mode not in MODES:
             raise ConfigError(f"unknown sampling mode {self.mode!r}; use one of: {', '.join(MODES)}")
         if self.init not in INITS:

@@ -607,7 +607,12 @@ class WordTokenizer:
         for i, text in enumerate(prompts):
             if not allow_empty and not text.strip():
                 raise _empty_prompt_error(i, len(prompts))
-            rows.append(self.encode(text))
+            row = self.encode(text)
+            if not allow_empty and not row:  # "!!!" or "123": no words at all, the empty condition
+                which = "the prompt" if len(prompts) == 1 else f"prompt {i}"
+                raise PromptError(f"{which} ({text!r}) has no words (this vocabulary reads letters only); "
+                                  "describe the image in words")
+            rows.append(row)
         return _pack(rows, self.sot_token_id, self.eot_token_id, n_ctx)
 
     def to_dict(self) -> dict[str, Any]:

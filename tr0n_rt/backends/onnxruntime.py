@@ -6,6 +6,9 @@ load (one session per graph, on first use) -> run. Imports no torch.
 CPU: inputs and outputs are numpy arrays. Sessions are optimised once (ORT_ENABLE_ALL) and the
 optimised graph is cached, so a later open loads it with optimisation off. Graphs whose weights are in
 a file of their own (`{graph}.onnx.data`, large models) are loaded by path, so ONNX Runtime finds it.
+Integrity: a graph is handed to ONNX Runtime as the bytes that were hashed against the manifest when
+its session is made (graphs with a weights file: re-hashed right before loading by path), and every
+cached optimised graph has its sha256 beside it (`.sha256`): one that no longer matches is rebuilt.
 CUDA / TensorRT: IO binding. Inputs that are already OrtValues on the device are bound as they are,
 outputs are bound to the device and returned as OrtValues, so the Langevin state never leaves the
 GPU between steps. Only `to_host` copies back (and the FP16 guard, which reads the step's outputs).
@@ -28,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path
-from ..bundle import PRECISIONS, Bundle, load_bundle
+from ..bundle import PRECISIONS, Bundle, load_bundle, sha256_file
 from ..errors import BackendError, BundleError, ConfigError
 from .base import Backend
 
@@ -159,33 +162,46 @@ class OrtBackend(Backend):
         """CPU: load the cached optimised graph if there is a usable one, else optimise and cache it.
         Optimised CPU graphs are not portable to other providers (fused EP-specific ops), so GPU
         providers are never cached here (TensorRT keeps its own engine cache)."""
+        source = self._verified_source(graph, path)
         if self.on_gpu:
-            return self._checked_session(graph, path, optimize=True), "graph", None
+            return self._checked_session(graph, path, optimize=True, source=source), "graph", None
         cache_file = self.cache_dir / f"{graph}.{self.cache_key(graph)}.onnx"
         if cache_file.is_file():
             try:
-                return self._checked_session(graph, cache_file, optimize=False), "cache", cache_file
-            except (BackendError, BundleError):  # unreadable, or not this graph's IO: rebuild it
-                cache_file.unlink(missing_ok=True)
-                cache_file.with_name(f"{cache_file.name}.data").unlink(missing_ok=True)
+                cached = cached_source(cache_file)
+                return self._checked_session(graph, cache_file, optimize=False, source=cached), "cache", cache_file
+            except (BackendError, BundleError, OSError):  # unreadable, altered, or not this graph's IO: rebuild
+                for f in cache_files(cache_file):
+                    f.unlink(missing_ok=True)
         try:
             files = self.bundle.manifest["files"]
             if sum(files[name]["bytes"] for name in self._graph_files(graph)) > CACHE_INLINE_BYTES:
-                session = self._save_with_weights_file(graph, path, cache_file)
+                session = self._save_with_weights_file(graph, path, cache_file, source)
             else:
                 with atomic_path(cache_file) as tmp:  # optimise into a temp name, then os.replace
-                    session = self._checked_session(graph, path, optimize=True, save_to=tmp)
+                    session = self._checked_session(graph, path, optimize=True, save_to=tmp, source=source)
+            record_digest(cache_file)
             return session, "graph", cache_file
         except OSError:  # no writable cache folder: run uncached
-            return self._checked_session(graph, path, optimize=True), "graph", None
+            return self._checked_session(graph, path, optimize=True, source=source), "graph", None
         except BackendError as e:
             # ORT cannot save an inline optimised graph past protobuf's 2 GB (a graph under
             # CACHE_INLINE_BYTES that constant folding grows that far): run it uncached rather than not at all
             if "Protobuf serialization failed" not in str(e):
                 raise
-            return self._checked_session(graph, path, optimize=True), "graph", None
+            return self._checked_session(graph, path, optimize=True, source=source), "graph", None
 
-    def _save_with_weights_file(self, graph: str, path: Path, cache_file: Path):
+    def _verified_source(self, graph: str, path: Path) -> Path | bytes:
+        """What ONNX Runtime reads for a bundle graph, checked against the manifest right before: the
+        graph's bytes, hashed as read, when its weights are inline (so a file replaced after open() is
+        never run); else its path, after the graph and weights files are hashed again."""
+        names = self._graph_files(graph)
+        if len(names) == 1:
+            return self.bundle.read_verified(names[0])
+        self.bundle.verify(names)
+        return path
+
+    def _save_with_weights_file(self, graph: str, path: Path, cache_file: Path, source: Path | bytes):
         """Optimises a large graph into cache_file plus its weights in `{cache_file.name}.data`: folded
         constants (transposed weights) can take the optimised graph past protobuf's 2 GB. Both are
         written under their final names in a private folder, then moved into place, weights first."""
@@ -193,16 +209,18 @@ class OrtBackend(Backend):
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{cache_file.name}.", dir=self.cache_dir) as stage:
             staged = Path(stage) / cache_file.name
-            session = self._checked_session(graph, path, optimize=True, save_to=staged, weights_file=data.name)
+            session = self._checked_session(graph, path, optimize=True, save_to=staged, weights_file=data.name,
+                                            source=source)
             if staged.with_name(data.name).exists():  # absent when every weight is under ORT's 1 KB minimum
                 os.replace(staged.with_name(data.name), data)
             os.replace(staged, cache_file)
         return session
 
     def _checked_session(self, graph: str, path: Path, optimize: bool, save_to: Path | None = None,
-                         weights_file: str | None = None):
-        """A session whose providers are those asked for and whose IO is the manifest's."""
-        session = self._session(path, optimize, save_to, weights_file)
+                         weights_file: str | None = None, source: Path | bytes | None = None):
+        """A session whose providers are those asked for and whose IO is the manifest's. source: what
+        ONNX Runtime reads (the file's verified bytes, or a path); default: path, as it is."""
+        session = self._session(path if source is None else source, optimize, save_to, weights_file, name=path)
         if self.on_gpu and self.providers[0] not in session.get_providers():
             raise BackendError(f"{self.providers[0]} failed to start (the session fell back to "
                                f"{', '.join(session.get_providers())}); check the CUDA/cuDNN/TensorRT install "
@@ -227,8 +245,11 @@ class OrtBackend(Backend):
             self.weights_files[graph] = onnx_io(path)[2]
         return [path.name, *self.weights_files[graph]]
 
-    def _session(self, path: Path, optimize: bool, save_to: Path | None = None, weights_file: str | None = None):
-        """weights_file: with save_to, the optimised graph's weights go to that file (a name beside save_to)."""
+    def _session(self, source: Path | bytes, optimize: bool, save_to: Path | None = None,
+                 weights_file: str | None = None, name: Path | None = None):
+        """source: a graph file or its bytes (name: the file, for messages); weights_file: with save_to, the
+        optimised graph's weights go to that file (a name beside save_to)."""
+        path = name if name is not None else source
         ort = self.ort
         so = ort.SessionOptions()
         so.log_severity_level = 3  # errors only: the NCHWc "hardware specific" warning is handled by the key
@@ -244,7 +265,8 @@ class OrtBackend(Backend):
             if weights_file is not None:
                 so.add_session_config_entry("session.optimized_model_external_initializers_file_name", weights_file)
         try:
-            return ort.InferenceSession(str(path), sess_options=so, providers=self._provider_options())
+            model = source if isinstance(source, bytes) else str(source)
+            return ort.InferenceSession(model, sess_options=so, providers=self._provider_options())
         except Exception as e:  # onnxruntime's own exception types (Fail, InvalidGraph, ...) share no base
             raise BackendError(f"onnxruntime {ort.__version__} cannot load {path} on "
                                f"{', '.join(self.providers)}: {e}") from None
@@ -360,11 +382,46 @@ def dtype_of_ort(type_str: str) -> str:
     return ORT_DTYPES.get(inner, inner)
 
 
+def cache_files(cache_file: Path) -> list[Path]:
+    """An optimised-graph cache entry's files: the graph, its weights file (large graphs), its digest."""
+    return [cache_file, cache_file.with_name(f"{cache_file.name}.data"),
+            cache_file.with_name(f"{cache_file.name}.sha256")]
+
+
+def record_digest(cache_file: Path) -> None:
+    """Writes the sha256 of a new cache entry's graph (and weights file) beside it: cached_source
+    refuses an entry that no longer matches, so a cache file altered or swapped is rebuilt, not run."""
+    graph, data, digest = cache_files(cache_file)
+    lines = [sha256_file(graph)] + ([sha256_file(data)] if data.is_file() else [])
+    with atomic_path(digest) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def cached_source(cache_file: Path) -> Path | bytes:
+    """What ONNX Runtime reads for a cache entry, checked against its recorded digest: the graph's bytes
+    as hashed (inline weights), or its path after graph and weights file are hashed. BundleError when
+    the digest is missing or differs (the caller rebuilds the entry)."""
+    graph, data, digest = cache_files(cache_file)
+    recorded = digest.read_text().split() if digest.is_file() else []
+    if data.is_file():
+        source, actual = graph, [sha256_file(graph), sha256_file(data)]
+    else:
+        source = graph.read_bytes()
+        actual = [hashlib.sha256(source).hexdigest()]
+    if recorded != actual:
+        raise BundleError(f"cached optimised graph {graph} does not match its recorded sha256")
+    return source
+
+
 def check_shape(graph: str, name: str, shape, dims: list) -> None:
     """BackendError unless shape fits the manifest's dims (ints fixed, strings dynamic)."""
     if len(shape) != len(dims) or any(isinstance(d, int) and d != n for d, n in zip(dims, shape)):
+        hint = ""
+        if graph == "step" and len(dims) == 3 == len(shape) and isinstance(dims[1], int) and dims[1] != shape[1]:
+            hint = (f": this step graph takes exactly {dims[1]} mixture components, and sample mode and prior "
+                    "init use 1. Re-export the bundle (tr0n-rt export): exports since 2026-12-05 keep K dynamic")
         raise BackendError(f"input {name!r} of graph {graph!r} has shape {list(shape)}; the bundle declares "
-                           f"{dims} (strings are dynamic axes)")
+                           f"{dims} (strings are dynamic axes){hint}")
 
 
 def session_io(session) -> tuple[dict, dict]:

@@ -221,10 +221,11 @@ class Engine:
     def __init__(self, trt, runtime, bundle: Bundle, graph: str, stamp: dict):
         self.trt, self.graph, self.stamp = trt, graph, stamp
         path = bundle.folder / stamp["file"]
+        plan = bundle.read_verified(stamp["file"])  # listed in the manifest, and checked as read
         if stamp.get("version_compatible"):
             runtime.engine_host_code_allowed = True  # version-compatible plans carry their lean runtime
         try:
-            self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+            self.engine = runtime.deserialize_cuda_engine(plan)
         except Exception:  # some versions raise instead of returning None
             self.engine = None
         if self.engine is None:

@@ -15,8 +15,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import BackendError, ConfigError
 from .base import STATE_NAMES, Backend, PipelineInfo
+
+
+def check_torch_device(torch, device: str) -> None:
+    """ConfigError for a device string torch cannot parse, BackendError for a CUDA device it cannot see."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise BackendError(f"device {device!r}: torch {torch.__version__} sees {count} CUDA device(s) "
+                               f"(built for CUDA {torch.version.cuda or 'none'}); use --device cpu, or check the "
+                               "driver and CUDA_VISIBLE_DEVICES")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
 
 
 class TorchBackend(Backend):
@@ -55,6 +71,7 @@ class TorchBackend(Backend):
                 f"the torch backend needs torch and the export extra ({e}); install with "
                 "`pip install 'tr0n-rt[export]'`"
             ) from None
+        check_torch_device(torch, device)
         return cls(TorchPipeline.load(folder), device=device, cuda_graphs=cuda_graphs)
 
     def to_device(self, x):
