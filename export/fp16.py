@@ -7,6 +7,11 @@ reductions, exp/log/pow/sqrt, everything computed from the optimizer state (Adam
 and the augmentation parameters computed from aug_noise alone (shifts, crop sizes and cutout squares
 are floor()s of it: rounded to FP16 they pick other pixels, and the gradient cosine fell to 0.9975).
 
+Light nodes (views, elementwise arithmetic) that lie between float32 nodes stay in float32 too
+(float32_between): in FP16 they only round and overflow. On the shapes step that took the logits
+update's cosine to float32's from 0.934 to 0.99999 (Adam's first step is g / |g|: rounded near-zero
+gradients flipped its sign) and the energy's FP16 error from 4.7e-3 to 3.4e-3.
+
 A constant that FP16 and float32 nodes share (the resize range's 0.8, Adam's 1 - beta1) is stored in
 FP16 by the converter, and the float32 nodes read its rounded value (0.7998): about 1% of the copies'
 floor()s then differ from the float32 graph's. Giving the float32 readers the exact value instead was
@@ -63,6 +68,50 @@ def light_input_functions(model: onnx.ModelProto) -> list[str]:
         else:
             consts.update(node.output)
     return names
+
+
+# Cheap ops that may join a float32 island (elementwise arithmetic, views)
+LIGHT_OPS = ("Add", "Sub", "Mul", "Div", "Neg", "Abs", "Clip", "Min", "Max", "Identity", "Reshape", "Squeeze",
+             "Unsqueeze", "Flatten", "Transpose", "Expand")
+
+
+def float32_between(model: onnx.ModelProto, float32_nodes: set[str]) -> list[str]:
+    """Light nodes that lie between float32 nodes: every float input comes from a float32 node (or a
+    constant), and every consumer is a float32 node, a graph output or another such node. In FP16 they
+    would only round (and overflow): the per-sample gradient norm of the step, computed in float32 by
+    Pow, went through Reshape and `+ 1e-6` in FP16 on its way to a float32 Div, so a norm over 65504
+    became inf and clipped the gradient to 0 without a NaN for the FP16 guard to see.
+    model: with inferred value_info (float inputs are told apart from shape and index tensors)."""
+    floats = {v.name for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in model.graph.output}
+
+    def is_float32(node) -> bool:
+        return node.name in float32_nodes or node.op_type in FP32_OPS
+
+    candidates = set()
+    for n in model.graph.node:  # topological order: a candidate's producers are decided first
+        data = [i for i in n.input if i in floats and i not in constants]
+        if n.op_type in LIGHT_OPS and data and all(
+                i in producer and (is_float32(producer[i]) or producer[i].name in candidates) for i in data):
+            candidates.add(n.name)
+    changed = True
+    while changed:  # drop candidates with a consumer outside float32 (it would read them in FP16)
+        changed = False
+        for n in model.graph.node:
+            if n.name in candidates and not all(
+                    o in outputs or all(is_float32(c) or c.name in candidates for c in consumers.get(o, ()))
+                    for o in n.output):
+                candidates.discard(n.name)
+                changed = True
+    return [n.name for n in model.graph.node if n.name in candidates]
 
 
 def remove_round_trips(model: onnx.ModelProto) -> int:
@@ -153,6 +202,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     blocked = set(reachable_nodes(model, inputs & set(OPTIMIZER_INPUTS))) | noise_only
     blocked |= set(light_input_functions(model))
     infer_shapes(model)
+    blocked |= set(float32_between(model, blocked))
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS + DEFAULT_OP_BLOCK_LIST,
                                          node_block_list=sorted(blocked), disable_shape_infer=True)
     remove_round_trips(converted)

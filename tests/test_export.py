@@ -226,6 +226,31 @@ def test_fp16_keeps_float32_islands_exact():
     assert remove_round_trips(m16) == 0  # idempotent
 
 
+def test_fp16_keeps_light_nodes_between_float32_nodes_in_float32(tmp_path):
+    """clip_per_sample's pattern on an FP16 activation h = x W: the norm (Pow, ReduceSum, Pow: float32)
+    goes through Reshape and + eps to a float32 Div. In FP16 a norm over 65504 became inf there and the
+    clipped gradient 0, silently."""
+    c = lambda name, v: onnx.numpy_helper.from_array(np.array(v, np.float32), name)  # noqa: E731
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Pow", ["h", "two"], ["sq"]), helper.make_node("ReduceSum", ["sq", "axes"], ["ss"]),
+             helper.make_node("Pow", ["ss", "half"], ["norm"]), helper.make_node("Reshape", ["norm", "shape"], ["n2"]),
+             helper.make_node("Add", ["n2", "eps"], ["den"]), helper.make_node("Div", ["one", "den"], ["coef"]),
+             helper.make_node("Mul", ["h", "coef"], ["y"])]
+    inits = [c("w", np.full((4, 1100), 500.0)), c("two", 2.0), c("half", 0.5), c("eps", 1e-6), c("one", 1.0),
+             onnx.numpy_helper.from_array(np.array([1], np.int64), "axes"),
+             onnx.numpy_helper.from_array(np.array([-1, 1], np.int64), "shape")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1100])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    for i, n in enumerate(model.graph.node):
+        n.name = f"n{i}"
+    onnx.save(to_fp16(model), str(tmp_path / "y16.onnx"))
+    x = np.ones((2, 4), np.float32)  # h = 2000 everywhere: it fits FP16, its norm (66332) does not
+    (got,) = run_onnx(tmp_path / "y16.onnx", [{"x": x}])
+    h = x @ np.full((4, 1100), 500.0, np.float32)
+    np.testing.assert_allclose(got["y"], h / np.linalg.norm(h, axis=1, keepdims=True), rtol=2e-3)
+
+
 def test_fp16_graphs_keep_float32_io(text_bundle):
     for f in text_bundle.glob("*.fp16.onnx"):
         model = onnx.load(str(f))
