@@ -140,11 +140,11 @@ def topological_sort(model: onnx.ModelProto) -> None:
     which onnx.checker enforces; the converter's keep_io_types casts break it). Kahn's algorithm, ties
     taken in the original order, so an already sorted graph keeps its order."""
     nodes = list(model.graph.node)
-    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}  # "": an omitted optional output
     waiting = [0] * len(nodes)  # inputs not yet produced, per node
     consumers: dict[int, list[int]] = {}
     for i, n in enumerate(nodes):
-        for src in {producer[x] for x in n.input if x in producer}:
+        for src in {producer[x] for x in n.input if x and x in producer}:
             waiting[i] += 1
             consumers.setdefault(src, []).append(i)
     ready = [i for i, w in enumerate(waiting) if w == 0]

@@ -107,10 +107,12 @@ def _conv_transpose_weights(model: onnx.ModelProto) -> dict:
 
 
 def _constant_expression(model: onnx.ModelProto, name: str, max_nodes: int = 4):
-    """The value of `name` if it is computed by at most max_nodes nodes from constants alone, else None;
-    evaluated with onnx's reference evaluator on just that subgraph."""
+    """The value of `name` if it is computed by at most max_nodes deterministic nodes (CONSTANT_OPS, the
+    default domain) from initializers that are not graph inputs (an overridable default is no constant),
+    else None; evaluated with onnx's reference evaluator on just that subgraph."""
     producer = {o: n for n in model.graph.node for o in n.output}
-    initializers = {i.name: i for i in model.graph.initializer}
+    graph_inputs = {i.name for i in model.graph.input}
+    initializers = {i.name: i for i in model.graph.initializer if i.name not in graph_inputs}
     nodes, leaves, todo = [], set(), [name]
     while todo:
         current = todo.pop()
@@ -118,9 +120,9 @@ def _constant_expression(model: onnx.ModelProto, name: str, max_nodes: int = 4):
             leaves.add(current)
             continue
         node = producer.get(current)
-        if node is None or len(nodes) == max_nodes or node.op_type in ("RandomNormal", "RandomUniform",
-                                                                       "RandomNormalLike", "RandomUniformLike"):
-            return None  # a graph input, too long a chain, or not deterministic
+        if (node is None or len(nodes) == max_nodes or node.op_type not in CONSTANT_OPS
+                or node.domain not in ("", "ai.onnx")):
+            return None  # a graph input, too long a chain, or an op that may not be a pure function
         if node not in nodes:
             nodes.append(node)
             todo += [i for i in node.input if i]
@@ -131,7 +133,10 @@ def _constant_expression(model: onnx.ModelProto, name: str, max_nodes: int = 4):
     sub = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
     from onnx.reference import ReferenceEvaluator
 
-    return np.asarray(ReferenceEvaluator(sub).run(None, {})[0])
+    try:
+        return np.asarray(ReferenceEvaluator(sub).run(None, {})[0])
+    except Exception:  # noqa: BLE001 - anything the evaluator cannot run is simply not rewritten
+        return None
 
 
 def conv_weight_of_transpose(w: np.ndarray, group: int) -> np.ndarray:
@@ -222,16 +227,27 @@ def pool_grads_as_resize(model: onnx.ModelProto) -> int:
 
 
 def _remove_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    used = _names_read(model.graph) | {o.name for o in model.graph.output}
     keep = [i for i in model.graph.initializer if i.name in used]
     if len(keep) != len(model.graph.initializer):
         del model.graph.initializer[:]
         model.graph.initializer.extend(keep)
 
 
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    """Every value a graph's nodes read, those read inside If/Loop/Scan bodies (outer-scope reads) included."""
+    names = set()
+    for n in graph.node:
+        names.update(n.input)
+        for a in n.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                names |= _names_read(g)
+    return names
+
+
 def _remove_dead(model: onnx.ModelProto, op_types: tuple[str, ...]) -> None:
     while True:
-        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+        used = _names_read(model.graph) | {o.name for o in model.graph.output}
         dead = [n for n in model.graph.node if n.op_type in op_types and not any(o in used for o in n.output)]
         if not dead:
             return

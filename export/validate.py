@@ -31,6 +31,10 @@ FP32_CAP = 1e-2
 FP16_ENERGY_RTOL = 1e-2
 FP16_GRAD_COSINE = 0.999
 FP16_RTOL = 2e-2
+# Adam's first step is about lr sign(g) per component, so its cosine to float32's is 1 - 2 x the fraction
+# of components whose sign FP16 flips (near-zero gradients): ViT-B-32 + StyleGAN2-256 with random weights
+# gives 0.9925 (0.4% flipped), shapes 0.99999, a reversed update -0.97. At most 1% flipped:
+FP16_ADAM_STEP_COSINE = 0.98
 CASES = ((11, 2, 3), (12, 3, 5))  # (seed, batch, copies): two different inputs and shapes
 
 
@@ -204,12 +208,12 @@ def validate_fp16(p: TorchPipeline, spec: GraphSpec, path16: Path, path32: Path,
             checks.append((f"gradient cosine ({o})", report[f"{o} cosine"], FP16_GRAD_COSINE, "min"))
         # adam_v_next = (1 - b2) g^2 comes from the same g in float32: reported, not a second gate
         report["adam_v_next cosine"] = min(cosine(g["adam_v_next"], r["adam_v_next"]) for g, r in zip(got, ref))
-        for o in ("means", "logits"):
+        for o, bound in (("means", FP16_GRAD_COSINE), ("logits", FP16_ADAM_STEP_COSINE)):
             # The update itself (no SGLD noise here): the latents are ~100x their update, so a relative
             # error of means_next alone passes even with the update's sign reversed.
             report[f"{o} update cosine"] = min(cosine(g[f"{o}_next"] - x[o], r[f"{o}_next"] - x[o])
                                                for g, r, x in zip(got, ref, feeds))
-            checks.append((f"{o} update cosine", report[f"{o} update cosine"], FP16_GRAD_COSINE, "min"))
+            checks.append((f"{o} update cosine", report[f"{o} update cosine"], bound, "min"))
             checks.append((f"{o}_next rel err", report[f"{o}_next"], FP16_RTOL, "max"))
         if any(not np.array_equal(g["step_next"], r["step_next"]) for g, r in zip(got, ref)):
             raise ValidationError(f"{path16.name}: step_next differs from the float32 graph's (it is step + 1)")

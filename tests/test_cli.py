@@ -92,3 +92,21 @@ def test_sample_replaces_an_earlier_run_in_the_same_folder(tiny_text_pipeline, t
     assert sorted(p.name for p in out.iterdir()) == ["000.png", "grid.png", "notes.txt", "samples.json"]
     data = json.loads((out / "samples.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
     assert [r["prompt"] for r in data["images"]] == ["a red square"] and data["images"][0]["energy"] is None
+
+
+def test_sample_never_removes_images_of_another_folder(tiny_text_pipeline, tmp_path, monkeypatch):
+    """--json naming another run's JSON (it lists res/000.png ... for *its* folder), or a damaged JSON:
+    the user's files in this run's --out stay."""
+    base = ["--pipeline", str(tiny_text_pipeline), "--copies", "1", "--steps", "0", "--no-judge"]
+    (tmp_path / "x").mkdir()
+    monkeypatch.chdir(tmp_path / "x")
+    assert main(["sample", "a red circle", "--samples", "3", "--out", "res"] + base) == 0
+    (tmp_path / "y" / "res").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "y")
+    for i in range(3):
+        (tmp_path / "y" / "res" / f"{i:03d}.png").write_bytes(b"mine")
+    assert main(["sample", "a blue square", "--out", "res", "--json", "../x/res/samples.json"] + base) == 0
+    assert sorted(p.name for p in (tmp_path / "y" / "res").iterdir()) == ["000.png", "001.png", "002.png", "grid.png"]
+    (tmp_path / "y" / "bad.json").write_text('{"images": null, "out": 3}')
+    assert main(["sample", "a blue square", "--out", "res", "--json", "bad.json"] + base) == 0
+    assert (tmp_path / "y" / "res" / "002.png").read_bytes() == b"mine"

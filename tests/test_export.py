@@ -385,6 +385,65 @@ def test_a_manifest_write_that_fails_restores_the_replaced_files(text_bundle, tm
     load_bundle(folder)  # every checksum holds
 
 
+def test_an_export_interrupted_while_moving_files_in_restores_the_bundle(text_bundle, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from tr0n_rt.export import bundle_export
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(text_bundle, folder)
+    before = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
+    real, backed_up = bundle_export.os.replace, []
+
+    def interrupted(src, dst):  # os.replace for everyone: act only on the move of the new translator.onnx
+        if Path(dst).parent.name == ".replaced":
+            backed_up.append(Path(dst).name)
+        if Path(dst) == folder / "translator.onnx" and Path(src).parent.name.startswith(".export-"):
+            raise KeyboardInterrupt  # generator.onnx is moved in, the old translator.onnx is in the backup
+        return real(src, dst)
+    monkeypatch.setattr(bundle_export.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(folder, graphs=["translator", "generator"], fp16=False, validate=False)
+    monkeypatch.setattr(bundle_export.os, "replace", real)
+    assert backed_up == ["generator.onnx", "translator.onnx"]
+    assert {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()} == before
+    load_bundle(folder)
+
+
+def test_constant_expressions_are_folded_only_when_pure_and_fixed():
+    """A weight computed by a random op, or from an initializer that is also a graph input (a default the
+    caller may override), is not a constant: those ConvTransposes stay."""
+    w = onnx.numpy_helper.from_array(np.ones((2, 2, 3, 3), np.float32), "w")
+    nodes = [helper.make_node("Dropout", ["w", "ratio", "training"], ["w_drop"], name="dropout"),
+             helper.make_node("ConvTranspose", ["x", "w_drop"], ["a"], pads=[1, 1, 1, 1], name="random_weight"),
+             helper.make_node("Neg", ["w_default"], ["w_neg"], name="neg"),
+             helper.make_node("ConvTranspose", ["a", "w_neg"], ["y"], pads=[1, 1, 1, 1], name="input_weight")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4]),
+                                           helper.make_tensor_value_info("w_default", TensorProto.FLOAT, [2, 2, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [w, onnx.numpy_helper.from_array(np.ones((2, 2, 3, 3), np.float32), "w_default"),
+                               onnx.numpy_helper.from_array(np.array(0.5, np.float32), "ratio"),
+                               onnx.numpy_helper.from_array(np.array(True), "training")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert conv_grads_as_conv(model) == 0
+    assert [n.op_type for n in model.graph.node].count("ConvTranspose") == 2
+
+
+def test_topological_sort_ignores_omitted_optional_values():
+    from tr0n_rt.export.fp16 import topological_sort
+
+    nodes = [helper.make_node("LayerNormalization", ["r", "s", "b"], ["ln", "", "istd"], name="ln"),
+             helper.make_node("Resize", ["x", "", "scales"], ["r"], name="resize")]  # out of order on purpose
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                              [helper.make_tensor_value_info("ln", TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+                               onnx.numpy_helper.from_array(np.ones(4, np.float32), "s"),
+                               onnx.numpy_helper.from_array(np.zeros(4, np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    topological_sort(model)
+    assert [n.name for n in model.graph.node] == ["resize", "ln"]
+
+
 def test_a_partial_re_export_refuses_to_keep_graphs_of_changed_weights(text_bundle, tmp_path):
     """Retrained generator weights, then `--graphs generator` alone: energy and step (which contain the
     generator) would keep the old weights, so the export names them; with them it succeeds."""

@@ -251,23 +251,26 @@ def check_outputs(out_dir: Path, json_path: Path | None = None) -> None:
 
 
 def write_results(out_dir: Path, json_path: Path, files: dict[str, bytes], summary: dict) -> None:
-    """Writes `files` (name -> bytes) into out_dir and the summary JSON last. The JSON is serialised and
-    every file written into a staging folder in out_dir first; only then are they renamed into place,
-    so a failed write (a full disk) leaves the previous run's files as they were. Numbered PNGs that
-    the previous JSON at json_path listed in out_dir and this run did not write are then removed: no
-    image is left that no JSON describes."""
-    from .atomic import json_bytes, write_bytes
+    """Writes `files` (name -> bytes) into out_dir, then the summary JSON. Everything is written first
+    (the JSON beside json_path under a temporary name, the files into a staging folder in out_dir);
+    only then are the files renamed into place and the JSON last, so a failed write (a full disk)
+    leaves the previous run's files as they were. The summary records out_dir as an absolute path
+    ("out"); numbered PNGs that the previous JSON at json_path recorded for this same folder, and this
+    run did not write, are then removed, so no image is left that no JSON describes."""
+    from .atomic import atomic_path, json_bytes
 
+    summary = {**summary, "out": str(out_dir.resolve())}
     previous = listed_images(json_path, out_dir)
     text = json_bytes(summary)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".tr0n-rt-sample.", dir=out_dir) as stage:
-            for name, data in files.items():
-                (Path(stage) / name).write_bytes(data)
-            for name in files:
-                os.replace(Path(stage) / name, out_dir / name)
-        write_bytes(json_path, text)
+        with atomic_path(json_path) as staged_json:  # renamed onto json_path when the block succeeds
+            staged_json.write_bytes(text)
+            with tempfile.TemporaryDirectory(prefix=".tr0n-rt-sample.", dir=out_dir) as stage:
+                for name, data in files.items():
+                    (Path(stage) / name).write_bytes(data)
+                for name in files:
+                    os.replace(Path(stage) / name, out_dir / name)
     except OSError as e:
         raise Tr0nError(f"cannot write the results ({e.strerror}: {e.filename}): free space or choose "
                         "another --out / --json") from None
@@ -276,14 +279,17 @@ def write_results(out_dir: Path, json_path: Path, files: dict[str, bytes], summa
 
 
 def listed_images(json_path: Path, out_dir: Path) -> set[str]:
-    """Names of the numbered PNGs (000.png, ...) in out_dir that an earlier samples JSON lists."""
+    """Names of the numbered PNGs (000.png, ...) that an earlier samples JSON at json_path lists for
+    this very folder: it must record out_dir (absolute) as its "out". A JSON of another folder, of
+    an older version (no "out"), or unreadable lists nothing, so nothing is removed."""
     try:
-        records = json.loads(json_path.read_text()).get("images", [])
-        files = [Path(r["file"]) for r in records if isinstance(r, dict) and isinstance(r.get("file"), str)]
-    except (OSError, ValueError, AttributeError):
+        previous = json.loads(json_path.read_text())
+        if previous.get("out") != str(out_dir.resolve()):
+            return set()
+        names = {Path(r["file"]).name for r in previous["images"] if isinstance(r.get("file"), str)}
+    except Exception:  # noqa: BLE001 - any damage to an old JSON only means: remove nothing
         return set()
-    return {f.name for f in files if re.fullmatch(r"\d{3,}\.png", f.name)
-            and (out_dir / f.name).resolve() == f.resolve()}
+    return {n for n in names if re.fullmatch(r"\d{3,}\.png", n)}
 
 
 def cmd_eval(args) -> int:

@@ -162,9 +162,9 @@ class OrtBackend(Backend):
         """CPU: load the cached optimised graph if there is a usable one, else optimise and cache it.
         Optimised CPU graphs are not portable to other providers (fused EP-specific ops), so GPU
         providers are never cached here (TensorRT keeps its own engine cache)."""
-        source = self._verified_source(graph, path)
         if self.on_gpu:
-            return self._checked_session(graph, path, optimize=True, source=source), "graph", None
+            return self._checked_session(graph, path, optimize=True, source=self._verified_source(graph, path)), \
+                "graph", None
         cache_file = self.cache_dir / f"{graph}.{self.cache_key(graph)}.onnx"
         if cache_file.is_file():
             try:
@@ -173,6 +173,7 @@ class OrtBackend(Backend):
             except (BackendError, BundleError, OSError):  # unreadable, altered, or not this graph's IO: rebuild
                 for f in cache_files(cache_file):
                     f.unlink(missing_ok=True)
+        source = self._verified_source(graph, path)
         try:
             files = self.bundle.manifest["files"]
             if sum(files[name]["bytes"] for name in self._graph_files(graph)) > CACHE_INLINE_BYTES:
@@ -180,8 +181,6 @@ class OrtBackend(Backend):
             else:
                 with atomic_path(cache_file) as tmp:  # optimise into a temp name, then os.replace
                     session = self._checked_session(graph, path, optimize=True, save_to=tmp, source=source)
-            record_digest(cache_file)
-            return session, "graph", cache_file
         except OSError:  # no writable cache folder: run uncached
             return self._checked_session(graph, path, optimize=True, source=source), "graph", None
         except BackendError as e:
@@ -190,6 +189,11 @@ class OrtBackend(Backend):
             if "Protobuf serialization failed" not in str(e):
                 raise
             return self._checked_session(graph, path, optimize=True, source=source), "graph", None
+        try:
+            record_digest(cache_file)
+        except OSError:  # the entry stays without a digest: the next open rebuilds it
+            return session, "graph", None
+        return session, "graph", cache_file
 
     def _verified_source(self, graph: str, path: Path) -> Path | bytes:
         """What ONNX Runtime reads for a bundle graph, checked against the manifest right before: the
@@ -220,7 +224,8 @@ class OrtBackend(Backend):
                          weights_file: str | None = None, source: Path | bytes | None = None):
         """A session whose providers are those asked for and whose IO is the manifest's. source: what
         ONNX Runtime reads (the file's verified bytes, or a path); default: path, as it is."""
-        session = self._session(path if source is None else source, optimize, save_to, weights_file, name=path)
+        session = self._session(path if source is None else source, optimize, save_to, weights_file, name=path,
+                                graph=graph)
         if self.on_gpu and self.providers[0] not in session.get_providers():
             raise BackendError(f"{self.providers[0]} failed to start (the session fell back to "
                                f"{', '.join(session.get_providers())}); check the CUDA/cuDNN/TensorRT install "
@@ -246,7 +251,7 @@ class OrtBackend(Backend):
         return [path.name, *self.weights_files[graph]]
 
     def _session(self, source: Path | bytes, optimize: bool, save_to: Path | None = None,
-                 weights_file: str | None = None, name: Path | None = None):
+                 weights_file: str | None = None, name: Path | None = None, graph: str | None = None):
         """source: a graph file or its bytes (name: the file, for messages); weights_file: with save_to, the
         optimised graph's weights go to that file (a name beside save_to)."""
         path = name if name is not None else source
@@ -266,16 +271,19 @@ class OrtBackend(Backend):
                 so.add_session_config_entry("session.optimized_model_external_initializers_file_name", weights_file)
         try:
             model = source if isinstance(source, bytes) else str(source)
-            return ort.InferenceSession(model, sess_options=so, providers=self._provider_options())
+            return ort.InferenceSession(model, sess_options=so, providers=self._provider_options(graph))
         except Exception as e:  # onnxruntime's own exception types (Fail, InvalidGraph, ...) share no base
             raise BackendError(f"onnxruntime {ort.__version__} cannot load {path} on "
                                f"{', '.join(self.providers)}: {e}") from None
 
-    def _provider_options(self) -> list[tuple[str, dict]]:
+    def _provider_options(self, graph: str | None = None) -> list[tuple[str, dict]]:
+        """graph: TensorRT's engine cache for it lives in a folder named by its cache_key (the graph's
+        sha256 included): the provider keys its own cache on the graph's structure and names, not on
+        its weights, so a re-exported graph of the same shape could otherwise reuse a stale engine."""
         out = []
         for p in self.providers:
             if p == TENSORRT:
-                trt_cache = self.cache_dir / "tensorrt"
+                trt_cache = self.cache_dir / "tensorrt" / (f"{graph}.{self.cache_key(graph)}" if graph else "shared")
                 trt_cache.mkdir(parents=True, exist_ok=True)
                 out.append((p, {"device_id": self.device_id, "trt_engine_cache_enable": True,
                                 "trt_engine_cache_path": str(trt_cache),
@@ -293,8 +301,9 @@ class OrtBackend(Backend):
         if graph == "step" and self.fp16_guard and not all(np.isfinite(self.to_host(v)).all() for v in out.values()):
             self._fallbacks += 1
             if self._fp32 is None:
-                self._fp32 = OrtBackend.open(self.bundle.folder, "fp32", self.providers, self.cache_dir, self.device_id,
-                                             threads=self.threads, spinning=self.spinning)
+                # the manifest opened, not the folder's current one (a re-export may have replaced it)
+                self._fp32 = OrtBackend(self.bundle, self.providers, "fp32", self.cache_dir, self.device_id,
+                                        threads=self.threads, spinning=self.spinning, fp16_guard=False)
             out = self._fp32.run("step", inputs)
         return out
 
