@@ -43,7 +43,7 @@ def speed_chart(result: dict):
 
 
 def reference_chart(result: dict):
-    rows = result["rows"]
+    rows = [r for r in result["rows"] if "images_per_s" in r]  # rows that failed (out of memory) have none
     title = f"reference loop vs tr0n-rt, {Path(result['pipeline']).name}, {result.get('prompts', '?')} prompts"
     panel = bar_panel("images per second (higher is better)", "images/s", [""],
                       {r["config"]: [r["images_per_s"]] for r in rows}, plot_width=600)

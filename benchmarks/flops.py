@@ -56,7 +56,7 @@ GPU_PEAKS = {
 def gpu_peak(name: str) -> tuple[str, dict] | None:
     """A CUDA device name ("NVIDIA H100 80GB HBM3") -> (GPU_PEAKS key, peaks), or None when not tabled."""
     n = name.lower()
-    if "h200" in n:
+    if "h200" in n and "nvl" not in n:  # the H200 NVL is clocked lower: not tabled
         return "H200 SXM", GPU_PEAKS["H200 SXM"]
     if "h100" in n and "pcie" in n:
         return "H100 PCIe", GPU_PEAKS["H100 PCIe"]
@@ -170,8 +170,11 @@ def measure_cpu_peak(n: int = 2048, repeats: int = 5, copy_mib: int = 256) -> di
     dst = torch.empty_like(src)
     dst.copy_(src)
     best_copy = min(timed(lambda: dst.copy_(src)) for _ in range(repeats))
+    from tr0n_rt.bench import cpu_model
+
     return {"fp32": 2 * n**3 / best, "bandwidth": 2 * src.nbytes / best_copy, "threads": torch.get_num_threads(),
-            "measured": True, "method": f"torch.mm {n}x{n} float32, best of {repeats}; copy of {copy_mib} MiB"}
+            "cpu": cpu_model(), "measured": True,
+            "method": f"torch.mm {n}x{n} float32, best of {repeats}; copy of {copy_mib} MiB"}
 
 
 def timed(fn) -> float:
@@ -189,8 +192,9 @@ def timing_rows(result: dict) -> list[dict]:
         if ms is None or "batch" not in r:
             continue
         name = r["backend"] + (f" {r['precision']}" if r.get("precision") and r["precision"] not in r["backend"] else "")
+        precision = "fp16" if "fp16" in name else ("tf32" if result.get("tf32") else "fp32")  # TF32: tensor cores
         rows.append({"batch": r["batch"], "copies": r["copies"], "backend": name, "step_ms": ms,
-                     "precision": "fp16" if "fp16" in name else "fp32"})
+                     "precision": precision})
     return rows
 
 
@@ -213,9 +217,10 @@ def timing_peaks(timings: dict, gpu: str | None, cpu_peak: dict | None) -> tuple
     found = gpu_peak(host["gpu"]) if isinstance(host, dict) and host.get("gpu") else None
     if found:
         return found
-    if cpu_peak and timings.get("device", (timings.get("settings") or {}).get("device", "cpu")) == "cpu":
+    on_cpu = timings.get("device", (timings.get("settings") or {}).get("device", "cpu")) == "cpu"
+    if cpu_peak and on_cpu and isinstance(host, dict) and host.get("cpu") == cpu_peak.get("cpu"):
         return f"this CPU, measured ({cpu_peak['threads']} threads)", cpu_peak
-    return None, None
+    return None, None  # a CPU peak from another machine (or session, on a VM) would be a wrong denominator
 
 
 TARGET_FRACTION = 0.4  # issue 6: the GPU Langevin step at >= 40% of the device's dense FP16 peak
@@ -279,7 +284,8 @@ def main(argv=None) -> int:
         timings = json.loads(path.read_text())
         peaks_name, peaks = timing_peaks(timings, args.gpu, cpu_peak)
         if peaks is None:
-            print(f"{path}: no peak for its device (give --gpu NAME, or --measure-cpu on the machine that timed it)")
+            print(f"{path}: no peak for its device: give --gpu NAME, or time it again here with speed.py and pass "
+                  "--measure-cpu (a CPU peak counts only for timings whose JSON names the same CPU)")
             continue
         for row in timing_rows(timings):
             cost = by_shape.get((row["batch"], row["copies"]))

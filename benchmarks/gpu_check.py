@@ -189,6 +189,8 @@ def check_pipeline(label: str, folder: Path, args, deadline: float, device: str 
             record and record(rows[-1])
             continue
         row = {"pipeline": label, "batch": batch}
+        if device != "cpu":  # this row's peak, not the largest of every row before it
+            torch.cuda.reset_peak_memory_stats()
         # parity: one step from the same state, then whole samples
         inputs = step_inputs(eager, batch, args.copies)
         a = {k: eager.to_host(v) for k, v in eager.run("step", inputs).items()}
@@ -208,6 +210,7 @@ def check_pipeline(label: str, folder: Path, args, deadline: float, device: str 
         row["step_graph_ms"] = median_ms(time_steps(graph, inputs, args.steps, args.warmup, args.repeats), args.steps)
         row["step_speedup"] = speedup(row["step_eager_ms"], row["step_graph_ms"])
         row["graph_stats"] = graph.graph_stats
+        # both backends' weights stay resident: the peak of eager and graph runs of this batch together
         row["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device != "cpu" else None
         rows.append(row)
         record and record(row)

@@ -17,7 +17,7 @@
 #              shapes, digits, random ViT-B-32 + DCGAN-64, batch 1, 8, 32
 #   reference  the reference loop vs tr0n-rt on random ViT-B-32 + StyleGAN2-1024, T = 100, A = 50:
 #              batch 1 latency and batch 16 throughput (the 30x / 3x targets)  reference.json/.log
-#   flops      the step's FLOPs and the achieved fraction of the GPU's peak    speed.json, flops.json/.log
+#   flops      the step's FLOPs and the achieved fraction of the GPU's peak    speed-b*.json, flops.json/.log
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -84,21 +84,23 @@ fi
 stage tests 90 python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda_graphs.py tests/test_dlpack.py \
   --junitxml="$RES/tests.xml"
 
-stage graphs 170 python3 benchmarks/gpu_check.py --device "$DEVICE" $GC_ARGS --budget 150 --out "$RES/gpu_check.json"
+stage graphs 150 python3 benchmarks/gpu_check.py --device "$DEVICE" $GC_ARGS --budget 130 --out "$RES/gpu_check.json"
 
 SG2=/tmp/vitb32-sg2-$SG2_RES
 stage pipeline 60 python3 benchmarks/random_pipeline.py --out "$SG2" --clip ViT-B-32 --generator stylegan2 \
   --resolution "$SG2_RES"
 
-stage reference 200 python3 benchmarks/reference_speed.py --pipeline "$SG2" --device "$DEVICE" --preset paper \
+stage reference 180 python3 benchmarks/reference_speed.py --pipeline "$SG2" --device "$DEVICE" --preset paper \
   --steps "$STEPS" --copies "$COPIES" --prompts "$REF_PROMPTS" --latency-prompts "$REF_LATENCY" --backends torch \
   --json "$RES/reference.json"
 
-flops() {
-  python3 benchmarks/speed.py --pipeline "$SG2" --device "$DEVICE" --backends torch --batch $FLOP_BATCH \
-    --copies "$COPIES" --warmup 2 --repeats 5 --json "$RES/speed.json" \
-  && python3 benchmarks/flops.py --pipeline "$SG2" --batch $FLOP_BATCH --copies "$COPIES" \
-    --timings "$RES/speed.json" $CPU_PEAK --json "$RES/flops.json"
+flops() {  # one speed.py per batch (each writes its JSON when done), so a timeout keeps the batches before it
+  for b in $FLOP_BATCH; do
+    python3 benchmarks/speed.py --pipeline "$SG2" --device "$DEVICE" --backends torch --batch "$b" \
+      --copies "$COPIES" --warmup 2 --repeats 5 --json "$RES/speed-b$b.json" || break
+  done
+  python3 benchmarks/flops.py --pipeline "$SG2" --batch $FLOP_BATCH --copies "$COPIES" \
+    --timings "$RES"/speed-b*.json $CPU_PEAK --json "$RES/flops.json"
 }
 export -f flops
 export SG2 DEVICE COPIES FLOP_BATCH CPU_PEAK RES

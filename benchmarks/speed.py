@@ -94,7 +94,7 @@ def measure_isolated(args, configs, shapes, rounds: int) -> dict:
                 cmd = [sys.executable, __file__, "--pipeline", str(args.pipeline), "--device", args.device,
                        "--batch", *map(str, args.batch), "--copies", *map(str, args.copies), "--warmup",
                        str(args.warmup), "--repeats", str(args.repeats), "--worker", f"{name}:{precision}",
-                       "--json", str(out)]
+                       "--json", str(out)] + (["--tf32"] if args.tf32 else [])
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
                 label = label_of(name, precision, args.device)
                 for row in json.loads(out.read_text()):
@@ -120,6 +120,9 @@ def main(argv=None) -> int:
     ap.add_argument("--isolate", type=int, default=0, metavar="ROUNDS",
                     help="each backend in its own process, ROUNDS rounds in rotating order (see above)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one backend, for --isolate
+    ap.add_argument("--tf32", action="store_true",
+                    help="CUDA: let float32 matmuls and convolutions use TF32 tensor cores (default: off, so the "
+                         "float32 rows are float32; the JSON records it and flops.py picks the matching peak)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -127,6 +130,8 @@ def main(argv=None) -> int:
 
     from tr0n_rt.bench import machine_info, parse_configs
 
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32  # torch's cuDNN default is on: state it, either way
+    torch.backends.cudnn.allow_tf32 = args.tf32
     configs = parse_configs(args.backends or ["torch"] + [f"onnxruntime:{p}" for p in args.precisions])
     shapes = [(b, a) for a in args.copies for b in args.batch]
     if args.worker:
@@ -157,6 +162,7 @@ def main(argv=None) -> int:
                   flush=True)
     result = {"pipeline": str(args.pipeline), "rows": rows, "reference_backend": first, "device": args.device,
               "isolated_rounds": args.isolate, "repeats_per_round": args.repeats,
+              "tf32": bool(args.tf32 and args.device.startswith("cuda")),
               "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
               "cpus": os.cpu_count(), "python": sys.version.split()[0], "host": machine_info(args.device)}
     if args.json:

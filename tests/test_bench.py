@@ -93,6 +93,23 @@ def test_roofline_floor_is_the_slower_of_compute_and_memory(benchmarks):
     assert flops.roofline_floor(1.0, 3.35e12, peaks["fp16"], peaks["bandwidth"]) == pytest.approx(1.0)  # memory
 
 
+def test_cpu_timings_join_only_the_peak_of_the_same_cpu(benchmarks):
+    """A CPU peak is a denominator for timings taken on that CPU only: timings from another machine (or a
+    file that does not say) get none, rather than a fraction over 100%."""
+    flops, _ = benchmarks
+    peak = {"fp32": 2e11, "bandwidth": 5e10, "threads": 2, "cpu": "AMD EPYC 9B14"}
+    here = {"device": "cpu", "host": {"cpu": "AMD EPYC 9B14"}, "rows": []}
+    assert flops.timing_peaks(here, None, peak)[1] is peak
+    assert flops.timing_peaks({**here, "host": {"cpu": "Intel Xeon"}}, None, peak) == (None, None)
+    assert flops.timing_peaks({"device": "cpu", "rows": []}, None, peak) == (None, None)
+    gpu = {"device": "cuda", "host": {"gpu": "NVIDIA H200"}, "tf32": True,
+           "rows": [{"batch": 1, "copies": 8, "backend": "torch cuda graph", "median_ms": 2.0}]}
+    assert flops.timing_peaks(gpu, None, peak)[0] == "H200 SXM"
+    assert flops.timing_rows(gpu)[0]["precision"] == "tf32"  # TF32 rows are held to the tensor-core peak
+    assert flops.timing_rows({**gpu, "tf32": False})[0]["precision"] == "fp32"
+    assert flops.gpu_peak("NVIDIA H200 NVL") is None  # clocked lower than the SXM figures
+
+
 def test_bench_command_is_registered_with_help(capsys):
     with pytest.raises(SystemExit):
         bench_main(["--help"])
@@ -145,3 +162,11 @@ def test_chart_bars_are_proportional_to_the_values(benchmarks, tmp_path):
         return int((panel == np.frombuffer(bytes.fromhex(hex_color[1:]), np.uint8)).all(axis=-1).sum())
     torch_px, ort_px = pixels(COLORS[0]), pixels(COLORS[1])
     assert torch_px > 100 and ort_px / torch_px == pytest.approx(2.0, rel=0.05)
+
+
+def test_reference_chart_skips_rows_that_ran_out_of_memory(benchmarks):
+    _, chart = benchmarks
+    result = {"pipeline": "/x/vitb32", "prompts": 4, "rows": [
+        {"config": "reference loop (batch 1, eager)", "images_per_s": 0.5},
+        {"config": "tr0n-rt torch eager (batch 4)", "error": "out of memory: CUDA"}]}
+    assert chart.render(result).size[0] > 0

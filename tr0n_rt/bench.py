@@ -165,8 +165,11 @@ def gpu_process_mib() -> float | None:
         return None
     for line in text.splitlines():
         pid, _, mib = line.partition(",")
-        if pid.strip() == str(os.getpid()):
-            return float(mib)
+        if pid.strip() == str(os.getpid()):  # in a container nvidia-smi may list host PIDs: then no match
+            try:
+                return float(mib)
+            except ValueError:  # "[N/A]" (some drivers, MIG): unknown, not an error that loses the row
+                return None
     return None
 
 
