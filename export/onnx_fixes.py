@@ -99,34 +99,39 @@ def _conv_transpose_weights(model: onnx.ModelProto) -> dict:
     arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in wanted}
     arrays |= {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
                if n.op_type == "Constant" and n.output[0] in wanted and n.attribute and n.attribute[0].name == "value"}
-    for name in wanted - arrays.keys():
-        value = _constant_expression(model, name)
-        if value is not None:
-            arrays[name] = value
+    if wanted - arrays.keys():
+        producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+        graph_inputs = {i.name for i in model.graph.input}
+        initializers = {i.name: i for i in model.graph.initializer if i.name not in graph_inputs}
+        for name in wanted - arrays.keys():
+            value = _constant_expression(model, name, producer, initializers)
+            if value is not None:
+                arrays[name] = value
     return arrays
 
 
-def _constant_expression(model: onnx.ModelProto, name: str, max_nodes: int = 4):
+def _constant_expression(model: onnx.ModelProto, name: str, producer: dict, initializers: dict,
+                         max_nodes: int = 4):
     """The value of `name` if it is computed by at most max_nodes deterministic nodes (CONSTANT_OPS, the
-    default domain) from initializers that are not graph inputs (an overridable default is no constant),
-    else None; evaluated with onnx's reference evaluator on just that subgraph."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    graph_inputs = {i.name for i in model.graph.input}
-    initializers = {i.name: i for i in model.graph.initializer if i.name not in graph_inputs}
-    nodes, leaves, todo = [], set(), [name]
+    default domain) from `initializers` (name -> tensor: those that are not graph inputs, since an
+    overridable default is no constant), else None; evaluated with onnx's reference evaluator on just
+    that subgraph. producer: value name -> the index of the node that computes it."""
+    chosen, leaves, todo = set(), set(), [name]
     while todo:
         current = todo.pop()
         if current in initializers:
             leaves.add(current)
             continue
-        node = producer.get(current)
-        if (node is None or len(nodes) == max_nodes or node.op_type not in CONSTANT_OPS
+        index = producer.get(current)
+        if index in chosen:  # a value read twice (x * x)
+            continue
+        node = model.graph.node[index] if index is not None else None
+        if (node is None or len(chosen) == max_nodes or node.op_type not in CONSTANT_OPS
                 or node.domain not in ("", "ai.onnx")):
             return None  # a graph input, too long a chain, or an op that may not be a pure function
-        if node not in nodes:
-            nodes.append(node)
-            todo += [i for i in node.input if i]
-    order = [n for n in model.graph.node if n in nodes]  # the graph's own order is topological
+        chosen.add(index)
+        todo += [i for i in node.input if i]
+    order = [model.graph.node[i] for i in sorted(chosen)]  # the graph's own order is topological
     graph = onnx.helper.make_graph(order, "constant_expression", [],
                                    [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)],
                                    [initializers[i] for i in sorted(leaves)])
