@@ -87,8 +87,7 @@ class Bundle:
         verify_files(self.folder, {name: self._listed(name) for name in names})
 
     def _listed(self, name: str) -> dict:
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise BundleError(f"bundle file name {name!r} leaves the bundle folder; the manifest is not trusted")
+        check_inside(name)
         meta = self.manifest["files"].get(name)
         if meta is None:
             raise BundleError(f"{name} is not listed in {self.folder / 'manifest.json'} (field 'files'), so it "
@@ -186,11 +185,16 @@ def load_bundle(folder: str | Path, verify: bool = True) -> Bundle:
     return Bundle(folder, m, info)
 
 
+def check_inside(name: str) -> None:
+    """BundleError unless a manifest's file name stays inside the bundle folder."""
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise BundleError(f"bundle file name {name!r} leaves the bundle folder; the manifest is not trusted")
+
+
 def verify_files(folder: Path, files: dict) -> None:
     """Every listed file exists with its recorded size and sha256, or a BundleError says which is not."""
     for name, meta in files.items():
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise BundleError(f"bundle file name {name!r} leaves the bundle folder; the manifest is not trusted")
+        check_inside(name)
         f = folder / name
         if not f.is_file():
             raise BundleError(f"bundle file {f} is missing; copy the whole bundle folder or re-export it")
