@@ -66,3 +66,22 @@ class Backend(ABC):
 
     def synchronize(self) -> None:
         """Waits for queued device work (for honest stage timings)."""
+
+    def load(self, graph: str) -> None:
+        """Prepares a graph now (a session, an engine) so that its first run does not pay for it.
+        Idempotent; engines that need no preparation do nothing."""
+
+    @property
+    def fp16_fallbacks(self) -> int | None:
+        """Steps an FP16 guard reran on the float32 graph; None for a backend without such a guard."""
+        return None
+
+    @property
+    def graph_sources(self) -> dict[str, str]:
+        """Where each loaded graph came from (a bundle file, an optimised-graph cache); {} if untracked."""
+        return {}
+
+    @property
+    def graph_stats(self) -> dict:
+        """CUDA-graph captures and replays per step shape; {} when nothing is captured."""
+        return {}
