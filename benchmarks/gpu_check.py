@@ -139,7 +139,7 @@ def step_inputs(be, batch: int, copies: int, seed: int = 0) -> dict:
 
 def time_steps(be, inputs: dict, steps: int, warmup: int, repeats: int) -> list[float]:
     """Seconds per loop of `steps` steps, the state fed back (device noise reused)."""
-    from tr0n_rt.backends.base import STATE_NAMES
+    from tr0n_rt.graphs import STATE_NAMES
 
     def loop():
         state = {n: inputs[n] for n in STATE_NAMES}

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     c = ref_sampler.conditions(queries)
     seeds = list(range(len(queries)))
     p = torch_be.pipeline
-    energy, bound = torch_be.energy, torch_be.bound
+    energy, bound = p.energy(), p.generator.latent.bounds
     rows = []
 
     def record(name, seconds, images):

@@ -5,14 +5,14 @@ from the host, so the same function runs in torch, in an exported graph and in a
 seed gives one image everywhere. Spatial ops are written as per-copy matrices built from u
 (out = M_h @ x @ M_w^T), which export as MatMul instead of the gather/ScatterND of index-based code.
 
-u layout per copy (NOISE_DIM = 8):
+u layout per copy (AUG_DIM = 8, tr0n_rt/graphs.py):
     0 brightness  x + (u - 0.5)                       (in [-1, 1] space, as the reference)
     1 saturation  (x - mean_c) * 2u + mean_c
     2 contrast    (x - mean_chw) * (u + 0.5) + mean_chw
     3, 4          translation of rows / columns by floor(u (2s + 1)) - s pixels, s = int(H * ratio + 0.5)
     5             resize by r = lo + (hi - lo) u: bilinear to int(r H), then centre pad / crop to H
     6, 7          cutout square of side int(H * ratio + 0.5) centred at floor(u (H + 1 - side % 2))
-Fills are 0 (grey). u = IDENTITY_NOISE leaves the image unchanged (up to rounding): that is how
+Fills are 0 (grey). u = IDENTITY_AUG leaves the image unchanged (up to rounding): that is how
 "no augmentation" runs through the same graphs (one copy of identity noise).
 Deviation from the reference: its resize ratio is one per batch; here it is one per copy, so a batch
 of prompts gives the same images as one prompt at a time.
@@ -23,10 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-NOISE_DIM = 8
 POLICY = ("color", "translation", "resize", "cutout")
-# brightness +0, saturation x1, contrast x1, shift 0, resize x1, cutout square pushed off the image
-IDENTITY_NOISE = (0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 2.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -90,7 +87,7 @@ def cutout_mask(u_row: torch.Tensor, u_col: torch.Tensor, size: int, ratio: floa
 
 
 def diff_augment(x: torch.Tensor, u: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
-    """x [N, C, H, W] (H == W), u [N, NOISE_DIM] -> augmented [N, C, H, W]."""
+    """x [N, C, H, W] (H == W), u [N, AUG_DIM] -> augmented [N, C, H, W]."""
     size = x.shape[-1]
     if "color" in cfg.policy:
         x = color(x, u)

@@ -22,9 +22,10 @@ import onnx
 from tr0n_rt.atomic import atomic_path, write_bytes
 from tr0n_rt.bundle import FORMAT, SCHEMA_VERSION, file_entry, sha256_file
 from tr0n_rt.errors import ConfigError
+from tr0n_rt.graphs import GraphSpec, graph_parts
 
 from . import fp16 as fp16_mod
-from .graphs import GraphSpec, export_graph, graph_specs
+from .graphs import export_graph, graph_specs
 from .onnx_fixes import (conv_grads_as_conv, expanded_weight_reads, fold_expanded_weights, pool_grads_as_resize,
                          scatter_gather_nd, vendor_ops)
 from .pipeline import TorchPipeline
@@ -89,12 +90,9 @@ def save_graph(model: onnx.ModelProto, path: Path, external_data_threshold: int 
     return [path, data]
 
 
-# The pipeline.json parts each graph is computed from (its weights, its config): a partial re-export
-# keeps the other graphs only if their parts did not change since they were exported.
-GRAPH_PARTS = {"text_encoder": ("condition_model",), "image_encoder": ("condition_model",),
-               "translator": ("translator",), "image_translator": ("image_translator",), "generator": ("generator",),
-               "energy": ("generator", "condition_model", "aesthetic", "augment"),
-               "step": ("generator", "condition_model", "aesthetic", "augment"), "judge": ("judge",)}
+# The pipeline.json parts each graph (and the world's judge) is computed from: a partial re-export keeps
+# the other graphs only if their parts did not change since they were exported.
+GRAPH_PARTS = {**graph_parts(), "judge": ("judge",)}
 
 
 def part_digests(pipeline_dir: Path, spec: dict) -> dict[str, str | None]:

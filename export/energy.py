@@ -15,7 +15,9 @@ from torch import nn
 
 from tr0n_rt.errors import ConfigError, ShapeError
 
-from .augment import NOISE_DIM, AugmentConfig, diff_augment
+from tr0n_rt.graphs import AUG_DIM
+
+from .augment import AugmentConfig, diff_augment
 from .models.base import ConditionModel, Generator
 
 
@@ -44,7 +46,7 @@ class Energy(nn.Module):
 
     def forward(self, z: torch.Tensor, c: torch.Tensor, u: torch.Tensor,
                 aesthetic_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """z [B, D], c [B, d_c], u [B, A, NOISE_DIM], aesthetic_weight [1] or None -> E [B]."""
+        """z [B, D], c [B, d_c], u [B, A, AUG_DIM], aesthetic_weight [1] or None -> E [B]."""
         similarity, aesthetic = self.terms(self.generator(z), c, u)
         if aesthetic is None or aesthetic_weight is None:
             return -similarity
@@ -59,12 +61,12 @@ class Energy(nn.Module):
     def terms(self, images: torch.Tensor, c: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mean score [B] over the A copies, and mean aesthetic score [B] (None without a head)."""
         b, a = images.shape[0], u.shape[1]
-        if u.ndim != 3 or u.shape[0] != b or u.shape[2] != NOISE_DIM:
+        if u.ndim != 3 or u.shape[0] != b or u.shape[2] != AUG_DIM:
             raise ShapeError(
-                f"augmentation noise has shape {tuple(u.shape)}, expected [{b}, copies, {NOISE_DIM}]"
+                f"augmentation noise has shape {tuple(u.shape)}, expected [{b}, copies, {AUG_DIM}]"
             )
         copies = images[:, None].expand(b, a, *images.shape[1:]).reshape(b * a, *images.shape[1:])
-        augmented = diff_augment(copies, u.reshape(b * a, NOISE_DIM), self.augment)
+        augmented = diff_augment(copies, u.reshape(b * a, AUG_DIM), self.augment)
         c_rep = c[:, None].expand(b, a, c.shape[1]).reshape(b * a, c.shape[1])
         if self.aesthetic is None:
             return self.condition_model.score(augmented, c_rep).reshape(b, a).mean(dim=1), None

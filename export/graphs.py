@@ -1,60 +1,26 @@
-"""Each graph of a pipeline as one function of named tensors: its contract, example inputs and ONNX
-export. The contract (names, dynamic axes) is declared once here and read by the runtime from the
-bundle manifest, so exporter and runtime never disagree (see tr0n_rt/backends/base.py).
+"""Each graph of a pipeline as a torch function of named tensors, with example inputs and ONNX export.
+The contract (names, shapes, dynamic axes, parts) is tr0n_rt/graphs.py's, read by the runtime from the
+bundle manifest, so exporter and runtime never disagree.
 """
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tr0n_rt.backends.base import STATE_NAMES
+from tr0n_rt.graphs import BATCH, COMPONENTS, COPIES, STATE_NAMES, GraphSpec, pipeline_graphs
 
 from .gradient import trace
 from .pipeline import TorchPipeline
 from .step import langevin_step
 
-STEP_INPUTS = STATE_NAMES + ("condition", "aug_noise", "sgld_noise", "hparams")
-STEP_OUTPUTS = tuple(f"{n}_next" for n in STATE_NAMES) + ("energy",)
-BATCH, COPIES, COMPONENTS = "batch", "copies", "components"  # K is dynamic: sample mode and prior init use K = 1
-
-
-@dataclass(frozen=True)
-class GraphSpec:
-    name: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    dynamic: dict[str, dict[int, str]]  # input name -> {axis: symbolic dim name}
-
 
 def graph_specs(p: TorchPipeline) -> list[GraphSpec]:
-    """The pipeline's graphs. Optional ones: text_encoder (text pipelines), image_encoder (CLIP
-    pipelines), image_translator (when trained), and with an aesthetic head the step's extra input
-    aesthetic_weight [1] and the energy graph's extra output aesthetic [B]."""
-    batch = {0: BATCH}
-    mixture = {0: BATCH, 1: COMPONENTS}
-    translator_io = (("condition",), ("logits", "means", "std"), {"condition": batch})
-    specs = []
-    if p.condition == "text":
-        specs.append(GraphSpec("text_encoder", ("tokens",), ("condition",), {"tokens": batch}))
-    if p.image_conditioning:
-        specs.append(GraphSpec("image_encoder", ("pixels",), ("condition",), {"pixels": batch}))
-    specs.append(GraphSpec("translator", *translator_io))
-    if p.image_translator is not None:
-        specs.append(GraphSpec("image_translator", *translator_io))
-    aesthetic = p.aesthetic is not None
-    specs += [
-        GraphSpec("generator", ("latent",), ("images",), {"latent": batch}),
-        GraphSpec("energy", ("latent", "condition", "aug_noise"), ("energy",) + (("aesthetic",) if aesthetic else ()),
-                  {"latent": batch, "condition": batch, "aug_noise": {0: BATCH, 1: COPIES}}),
-        GraphSpec("step", STEP_INPUTS + (("aesthetic_weight",) if aesthetic else ()), STEP_OUTPUTS,
-                  {**{n: mixture for n in STATE_NAMES if n != "step"}, "condition": batch,
-                   "aug_noise": {0: BATCH, 1: COPIES}, "sgld_noise": mixture}),
-    ]
-    return specs
+    """The pipeline's graphs (tr0n_rt.graphs.pipeline_graphs for this pipeline's parts)."""
+    return pipeline_graphs(p.condition, image_input=p.image_conditioning, image_translator=p.image_translator is not None,
+                           aesthetic=p.aesthetic is not None)
 
 
 def graph_function(p: TorchPipeline, name: str):

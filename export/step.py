@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from tr0n_rt.settings import HPARAM_NAMES
+
 from .energy import Energy
 
 ADAM_BETAS = (0.9, 0.999)
@@ -26,7 +28,6 @@ CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
 # in mixed-precision training.
 GRAD_SCALE = 1024.0
 
-STATE_NAMES = ("means", "logits", "velocity", "adam_m", "adam_v", "step")
 
 
 def mix(means: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -66,7 +67,7 @@ def langevin_step(
     condition: torch.Tensor,  # [B, d_c]
     aug_noise: torch.Tensor,  # [B, A, 8] uniform [0, 1)
     sgld_noise: torch.Tensor,  # [B, K, D] standard normal
-    hparams: torch.Tensor,  # [6]: latent_lr, momentum, noise_std, logits_lr, clip_norm, adam_eps
+    hparams: torch.Tensor,  # [6] in HPARAM_NAMES order: latent_lr, momentum, noise_std, logits_lr, clip_norm, adam_eps
     bound: float | None = None,
     aesthetic_weight: torch.Tensor | None = None,  # [1] alpha, pipelines with an aesthetic head only
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -74,7 +75,9 @@ def langevin_step(
 
     alpha is its own input, not an hparams entry: the FP16 converter keeps everything reachable from
     hparams in float32 (the optimizer), and alpha scales the whole backward of the aesthetic term."""
-    latent_lr, momentum, noise_std, logits_lr, clip_norm, eps = hparams.unbind(0)
+    h = dict(zip(HPARAM_NAMES, hparams.unbind(0)))
+    latent_lr, momentum, noise_std, logits_lr, clip_norm, eps = (h[n] for n in (
+        "latent_lr", "momentum", "noise_std", "logits_lr", "clip_norm", "adam_eps"))
     e, g_mu, g_pi = energy_and_grads(energy, state["means"], state["logits"], condition, aug_noise,
                                      aesthetic_weight)
     g_mu = clip_per_sample(g_mu, clip_norm)

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from tr0n_rt.errors import Tr0nError
+from tr0n_rt.graphs import GraphSpec
 
-from .graphs import GraphSpec, example_inputs, graph_function
+from .graphs import example_inputs, graph_function
 from .pipeline import TorchPipeline
 
 FP32_RTOL = 1e-4

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tr0n_rt.export.augment import IDENTITY_NOISE, AugmentConfig, color, cutout_mask, diff_augment, resize_matrix, shift_matrix
+from tr0n_rt.export.augment import AugmentConfig, color, cutout_mask, diff_augment, resize_matrix, shift_matrix
 from tr0n_rt.export.models.clip import bilinear_matrix
 
 
@@ -105,9 +105,8 @@ def test_bilinear_matrix_equals_interpolate():
 
 @pytest.mark.parametrize("size", [16, 17, 32, 64])
 def test_identity_noise_leaves_the_image_unchanged(size):
-    from tr0n_rt.sampler import IDENTITY_AUG
+    from tr0n_rt.graphs import AUG_DIM, IDENTITY_AUG  # the contract's no-augmentation copy
 
     x = torch.randn(2, 3, size, size)
-    u = torch.tensor(IDENTITY_NOISE).expand(2, 8)
+    u = torch.tensor(IDENTITY_AUG).expand(2, AUG_DIM)
     torch.testing.assert_close(diff_augment(x, u, AugmentConfig()), x, rtol=1e-5, atol=1e-5)
-    assert tuple(IDENTITY_AUG.tolist()) == IDENTITY_NOISE  # the runtime's copy agrees

@@ -32,7 +32,9 @@ def test_same_seed_same_image_other_seed_other_image(text_sampler):
     cfg = SamplingConfig(steps=3, copies=2)
     c = text_sampler.encode_text(["a red circle"] * 3)
     out = text_sampler.sample(c, [5, 5, 6], cfg)
-    np.testing.assert_array_equal(out.images[0], out.images[1])
+    # Equal up to float32 rounding, not bitwise: torch's CPU kernels may round a row differently by its
+    # position in the batch (seen on some CPUs: 6e-8 apart after 3 steps)
+    np.testing.assert_allclose(out.images[0], out.images[1], rtol=1e-5, atol=1e-6)
     assert np.abs(out.images[0] - out.images[2]).max() > 1e-4
 
 

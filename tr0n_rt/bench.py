@@ -91,8 +91,8 @@ def measure(job: dict, t0: float) -> dict:
            "repeats": job["repeats"], "warmup": job["warmup"]}
     row.update(gpu_memory(job["device"]))
     row.update(thread_info())
-    if hasattr(be, "graphs") and isinstance(be.graphs, dict):  # onnxruntime: where each session came from
-        row["graph_sources"] = {g: getattr(v, "source", None) for g, v in be.graphs.items()}
+    if be.graph_sources:
+        row["graph_sources"] = be.graph_sources
     return row
 
 
@@ -112,11 +112,11 @@ def import_engine(backend: str, threads: int | None) -> None:
 
 
 def preload(be) -> None:
-    """Creates every session the sampler will use now (onnxruntime creates them on first use)."""
-    if hasattr(be, "load") and hasattr(be, "bundle"):
-        for graph in ("text_encoder", "translator", "step", "energy", "generator"):
-            if be.bundle.has(graph) and (graph != "text_encoder" or be.info.condition == "text"):
-                be.load(graph)
+    """Prepares every graph the sampler will run now (onnxruntime creates sessions on first use)."""
+    from .graphs import sampling_graphs
+
+    for graph in sampling_graphs(be.info.condition):
+        be.load(graph)
 
 
 def bench_queries(info, folder: Path, n: int) -> list[str]:

@@ -22,7 +22,7 @@ A bundle is a folder with `manifest.json` and the files it lists:
                     data (weights over 1 GiB; the graph names it as its initializers' location)
     export          exporter, opset, library versions, validation figures (informational)
 
-Graph names and tensor meanings are those of tr0n_rt/backends/base.py.
+Graph names and tensor meanings are those of tr0n_rt/graphs.py.
 """
 from __future__ import annotations
 
@@ -31,14 +31,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backends.base import GRAPHS, PipelineInfo
+from .backends.base import PipelineInfo
 from .errors import BundleError, ConfigError
+from .graphs import GRAPHS, required_graphs
 from .settings import SamplingConfig
 
 FORMAT = "tr0n-rt.bundle"
 SCHEMA_VERSION = 1
 PRECISIONS = ("fp32", "fp16")
-REQUIRED_GRAPHS = ("translator", "step", "energy", "generator")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -133,7 +133,7 @@ def load_bundle(folder: str | Path, verify: bool = True) -> Bundle:
     if kind == "class" and not isinstance(m["condition"].get("classes"), list):
         raise BundleError(f"{path}: a class bundle needs field 'condition.classes'")
     graphs = _field(m, "graphs", dict, path)
-    needed = REQUIRED_GRAPHS + (("text_encoder",) if kind == "text" else ())
+    needed = required_graphs(kind)
     missing = [g for g in needed if g not in graphs]
     if missing:
         raise BundleError(f"{path}: graph(s) {', '.join(missing)} missing from field 'graphs'; re-export")

@@ -219,7 +219,7 @@ def cmd_sample(args) -> int:
     for n, rec in enumerate(records):
         rec["file"] = str(out_dir / f"{n:03d}.png")
     summary = {"pipeline": str(folder), "backend": sampler.backend.name, "precision": args.precision,
-               "fp16_fallback_steps": getattr(sampler.backend, "fp16_fallbacks", None),
+               "fp16_fallback_steps": sampler.backend.fp16_fallbacks,
                "conditioning": key, "translator": translator, sheet_name.removesuffix(".png"): str(out_dir / sheet_name),
                "images": records}
     if interp is not None:

@@ -21,14 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backends.base import STATE_NAMES, Backend
+from .backends.base import Backend
 from .errors import ConfigError, PromptError, ShapeError
+from .graphs import AUG_DIM, IDENTITY_AUG, STATE_NAMES
 from .settings import SamplingConfig
-
-AUG_DIM = 8
-# DiffAugment numbers that leave an image unchanged (export/augment.py): copies = 0 runs as one such copy.
-IDENTITY_AUG = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 2.0, 2.0], dtype=np.float32)
-
 
 OUTPUTS = ("numpy", "device")
 

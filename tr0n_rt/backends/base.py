@@ -1,18 +1,5 @@
-"""The one interface every engine implements, and the graph contract the sampler relies on.
-
-Graphs (names, inputs -> outputs; B = batch, K = mixture components, D = latent size, A = copies):
-    text_encoder  tokens int64 [B, L]                                  -> condition [B, d_c]
-    image_encoder pixels [B, 3, S, S] in [0, 1] (resized + cropped)    -> condition [B, d_c]
-    translator    condition [B, d_c]                                   -> logits [B, K], means [B, K, D], std [D]
-    image_translator  as translator, trained on image embeddings without condition noise
-    step          means, logits, velocity, adam_m, adam_v [B, K, D], step [1],
-                  condition [B, d_c], aug_noise [B, A, 8], sgld_noise [B, K, D], hparams [6]
-                  (+ aesthetic_weight [1] with an aesthetic head)      -> <state>_next ..., energy [B]
-    energy        latent [B, D], condition [B, d_c], aug_noise [B, A, 8] -> energy [B] (similarity term only)
-                                                                          (+ aesthetic [B] with a head)
-    generator     latent [B, D]                                        -> images [B, C, H, W] in [-1, 1]
-All floating tensors are float32 at the interface (FP16 lives inside engines). Graphs beyond
-translator, step, energy and generator are optional (text_encoder: text pipelines).
+"""The one interface every engine implements. The graphs it runs, with their tensors, are declared in
+tr0n_rt/graphs.py; what the sampler needs to know of a pipeline is PipelineInfo.
 """
 from __future__ import annotations
 
@@ -22,9 +9,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..settings import SamplingConfig
-
-STATE_NAMES = ("means", "logits", "velocity", "adam_m", "adam_v", "step")
-GRAPHS = ("text_encoder", "image_encoder", "translator", "image_translator", "step", "energy", "generator")
 
 
 @dataclass
@@ -56,7 +40,8 @@ class Backend(ABC):
 
     @abstractmethod
     def run(self, graph: str, inputs: dict) -> dict:
-        """Runs one graph; inputs are numpy arrays or arrays this backend returned."""
+        """Runs one graph (tr0n_rt/graphs.py: its inputs by name -> its outputs by name); inputs are numpy
+        arrays or arrays this backend returned."""
 
     def to_host(self, x) -> np.ndarray:
         return np.asarray(x)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BackendError, ConfigError
-from .base import STATE_NAMES, Backend, PipelineInfo
+from ..graphs import STATE_NAMES
+from .base import Backend, PipelineInfo
 
 
 def check_torch_device(torch, device: str) -> None:
@@ -44,20 +45,23 @@ class TorchBackend(Backend):
         self.torch = torch
         self.pipeline = pipeline
         self.device = torch.device(device)
-        for module in (pipeline.generator, pipeline.condition_model, pipeline.translator):
-            module.to(self.device)
-        self.energy = pipeline.energy()
         p = pipeline
-        self.bound = p.generator.latent.bounds
+        for module in (p.generator, p.condition_model, p.translator, p.image_translator, p.aesthetic):
+            if module is not None:
+                module.to(self.device)
         self.info = PipelineInfo(
             name=p.name, condition=p.condition, cond_dim=p.translator.config.cond_dim,
             latent_dim=p.generator.latent.dim, num_components=p.translator.config.num_components,
-            image_size=p.generator.image_size, channels=p.generator.channels, latent_bounds=self.bound,
+            image_size=p.generator.image_size, channels=p.generator.channels, latent_bounds=p.generator.latent.bounds,
             tokenizer=p.spec.get("tokenizer"), classes=p.classes, sampling=p.sampling,
             image_input=p.condition_model.image_input() if p.image_conditioning else None,
             image_translator=p.image_translator is not None, aesthetic=p.aesthetic is not None,
         )
-        self.step_inputs = STEP_INPUTS + (("aesthetic_weight",) if p.aesthetic is not None else ())
+        from ..export.graphs import graph_function, graph_specs
+
+        self.specs = {s.name: s for s in graph_specs(p)}
+        self.functions = {name: graph_function(p, name) for name in self.specs}  # what the exporter traces
+        self.step_inputs = self.specs["step"].inputs
         self.step_graphs = TorchStepGraphs(self) if cuda_graphs and self.device.type == "cuda" else None
 
     @classmethod
@@ -89,39 +93,25 @@ class TorchBackend(Backend):
             self.torch.cuda.synchronize(self.device)
 
     def run(self, graph: str, inputs: dict) -> dict:
+        """Runs the very torch function the exporter traces for this graph (tr0n_rt/graphs.py names);
+        the step replays a captured CUDA graph on CUDA."""
+        spec = self.specs.get(graph)
+        if spec is None:
+            raise BackendError(f"pipeline {self.info.name!r} has no graph {graph!r} (has: {', '.join(self.specs)})")
         t = {k: self.to_device(v) for k, v in inputs.items()}
-        p = self.pipeline
+        if graph == "step":
+            return self.step_graphs.run(t) if self.step_graphs is not None else self.eager_step(t)
         with self.torch.no_grad():
-            if graph == "text_encoder":
-                return {"condition": p.condition_model.encode_text(t["tokens"])}
-            if graph == "image_encoder" and p.image_conditioning:
-                return {"condition": p.condition_model.encode_pixels(t["pixels"])}
-            if graph == "translator" or (graph == "image_translator" and p.image_translator is not None):
-                out = (p.translator if graph == "translator" else p.image_translator)(t["condition"])
-                return {k: out[k] for k in ("logits", "means", "std")}
-            if graph == "generator":
-                return {"images": p.generator(t["latent"])}
-            if graph == "energy":
-                return self.energy.graph_outputs(t["latent"], t["condition"], t["aug_noise"])
-            if graph == "step":
-                return self.step_graphs.run(t) if self.step_graphs is not None else self.eager_step(t)
-        raise BackendError(f"the torch backend has no graph {graph!r}")
+            return dict(zip(spec.outputs, self.functions[graph](*(t[n] for n in spec.inputs))))
 
     def eager_step(self, t: dict) -> dict:
-        from ..export.step import langevin_step
-
-        state = {n: t[n] for n in STATE_NAMES}
-        new, e = langevin_step(self.energy, state, t["condition"], t["aug_noise"], t["sgld_noise"], t["hparams"],
-                               bound=self.bound, aesthetic_weight=t.get("aesthetic_weight"))
-        return {**{f"{n}_next": new[n] for n in STATE_NAMES}, "energy": e}
+        spec = self.specs["step"]
+        return dict(zip(spec.outputs, self.functions["step"](*(t[n] for n in spec.inputs))))
 
     @property
     def graph_stats(self) -> dict:
         """Captures and replays per step shape (empty when the step runs eagerly)."""
         return self.step_graphs.stats.as_dict() if self.step_graphs is not None else {}
-
-
-STEP_INPUTS = STATE_NAMES + ("condition", "aug_noise", "sgld_noise", "hparams")
 
 
 class TorchStepGraphs:
@@ -138,19 +128,15 @@ class TorchStepGraphs:
 
     def capture(self, key, like: dict):
         """Static inputs shaped like `like`, a warm-up on a side stream, one capture."""
-        from ..export.step import langevin_step
-
         torch, be = self.backend.torch, self.backend
         static = {n: like[n].clone() for n in be.step_inputs}  # warm-up on the first call's own data
         energy = torch.zeros(like["means"].shape[0], dtype=like["means"].dtype, device=be.device)
 
         def step():
-            new, e = langevin_step(be.energy, {n: static[n] for n in STATE_NAMES}, static["condition"],
-                                   static["aug_noise"], static["sgld_noise"], static["hparams"], bound=be.bound,
-                                   aesthetic_weight=static.get("aesthetic_weight"))
+            out = be.eager_step(static)
             for n in STATE_NAMES:
-                static[n].copy_(new[n])
-            energy.copy_(e)
+                static[n].copy_(out[f"{n}_next"])
+            energy.copy_(out["energy"])
 
         try:
             graph = self.device.capture(step, warmup=2)  # warm-up and capture advance `static`: run() copies again
