@@ -36,7 +36,7 @@ from tr0n_rt.export.worlds.shapes.captioner import (
 from tr0n_rt.export.worlds.shapes.judge import HEADS
 
 from tr0n_rt.backends.torch import TorchBackend
-from tr0n_rt.cli import load_judge
+from tr0n_rt.judge import open_judge
 from tr0n_rt.paths import world_dir
 from tr0n_rt.sampler import Sampler
 
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
 
     folder = world_dir("shapes")
     pipe = TorchPipeline.load(folder)
-    judge = load_judge(folder)
+    judge = open_judge(folder)
     g, f = pipe.generator, pipe.condition_model
 
     tick = time.perf_counter()

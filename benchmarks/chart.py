@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from tr0n_rt.atomic import write_bytes
-from tr0n_rt.bench import bar_panel, chart, stack
+from tr0n_rt.bench import chart
+from tr0n_rt.chart import bar_panel, stack
 from tr0n_rt.images import png_bytes
 
 

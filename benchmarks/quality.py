@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tr0n_rt.backends import open_backend
-from tr0n_rt.cli import load_judge
+from tr0n_rt.judge import open_judge
 from tr0n_rt.paths import world_dir
 from tr0n_rt.sampler import Sampler
 
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     folder = world_dir(args.world)
     kwargs = {"precision": args.precision} if args.backend != "torch" else {}
     sampler = Sampler(open_backend(args.backend, folder, **kwargs))
-    judge = load_judge(folder)
+    judge = open_judge(folder)
     queries = [q for q in (folder / "prompts.txt").read_text().splitlines() if q.strip()][:args.queries]
     base = sampler.config
     rows = []

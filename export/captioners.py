@@ -4,11 +4,11 @@ The paper's alternative to condition noise (Section 3; the reference captions G(
 sampling top_p 0.9, 5 to 20 tokens, repetition penalty 1.1, one caption per image): the translator then
 learns from text embeddings, the modality it is conditioned on at sampling time.
 
-    captioner = build_captioner("shapes_attributes", {"weights": "shapes-captioner.safetensors"})
+    captioner = build_captioner("shapes_attributes", {"weights": "shapes-captioner.safetensors"})  # captioner_registry
     captions = captioner.caption(images, rng, NucleusConfig(top_p=0.9))   # images [N, 3, H, W] in [-1, 1]
     z_rep, c, captions = caption_pairs(z, images, captioner, clip, tokenizer, NucleusConfig(), rng)
 
-A captioner is any `Captioner` subclass registered by name; pairs.py records its name, config and
+A captioner is any `Captioner` subclass listed by name in captioner_registry.py; pairs.py records its name, config and
 nucleus settings in pairs.json so caption pairs of another provenance are never mixed in.
 """
 from __future__ import annotations
@@ -21,9 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from tr0n_rt.errors import CheckpointError, ConfigError, ShapeError, unknown_name
-
-from .models.registry import registrar
+from tr0n_rt.errors import CheckpointError, ConfigError, ShapeError
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,7 @@ class Captioner(ABC):
     """images [N, 3, H, W] in [-1, 1] -> captions, N * captions_per_image strings, image-major
     (the captions of image i are at i * k ... i * k + k - 1)."""
 
-    name: str = ""  # registry name, set by @register_captioner
+    name: str = ""  # its name in captioner_registry.CAPTIONERS
 
     @abstractmethod
     def caption(self, images: torch.Tensor, rng: torch.Generator,
@@ -119,20 +117,6 @@ class Captioner(ABC):
 
     def provenance(self, nucleus: NucleusConfig) -> dict:
         return {"name": self.name, "config": self.config(), "nucleus": nucleus.to_dict()}
-
-
-CAPTIONERS: dict[str, type] = {}
-register_captioner = registrar(CAPTIONERS, attribute="name")
-
-
-def build_captioner(name: str, config: dict | None = None, **runtime) -> Captioner:
-    """The captioner registered as `name`, built from its config (constructor keyword arguments);
-    `runtime` adds arguments that do not change the captions (e.g. device)."""
-    from .worlds.shapes import captioner  # noqa: F401  (fills the registry)
-
-    if name not in CAPTIONERS:
-        raise unknown_name("captioner", name, CAPTIONERS)
-    return CAPTIONERS[name](**(config or {}), **runtime)
 
 
 def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -173,7 +157,6 @@ class CaptionerUnavailable(ConfigError, ImportError):
     """A captioner's optional dependency is not installed (catch it as ConfigError or ImportError)."""
 
 
-@register_captioner("blip")
 class BlipCaptioner(Captioner):
     """BLIP image captioning through Hugging Face transformers, as the reference captions G(z).
 
@@ -183,6 +166,8 @@ class BlipCaptioner(Captioner):
     stripped from the result ("a picture of " in the reference). Images are resized (bicubic) to the
     processor's size and normalised with its mean/std, in torch.
     """
+
+    name = "blip"
 
     def __init__(self, model: str, prompt: str = "a picture of ", device: str = "cpu"):
         try:
@@ -238,5 +223,5 @@ class BlipCaptioner(Captioner):
                 for t in self.processor.batch_decode(out, skip_special_tokens=True)]
 
 
-__all__ = ["CAPTIONERS", "BlipCaptioner", "Captioner", "CaptionerUnavailable", "NucleusConfig", "build_captioner",
-           "caption_pairs", "embed_captions", "nucleus_probs", "register_captioner", "sample_choices"]
+__all__ = ["BlipCaptioner", "Captioner", "CaptionerUnavailable", "NucleusConfig",
+           "caption_pairs", "embed_captions", "nucleus_probs", "sample_choices"]

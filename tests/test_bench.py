@@ -14,8 +14,8 @@ from tr0n_rt.export.augment import AugmentConfig
 from tr0n_rt.export.energy import Energy
 from tr0n_rt.export.models.base import ConditionModel, Generator, LatentSpec
 
-from tr0n_rt.bench import COLORS
-from tr0n_rt.bench import main as bench_main
+from tr0n_rt.chart import COLORS
+from tr0n_rt.cli import main as cli_main
 from tr0n_rt.paths import engines_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_cpu_timings_join_only_the_peak_of_the_same_cpu(benchmarks):
 
 def test_bench_command_is_registered_with_help(capsys):
     with pytest.raises(SystemExit):
-        bench_main(["--help"])
+        cli_main(["bench", "--help"])
     text = capsys.readouterr().out
     assert "usage: tr0n-rt bench" in text and "--backends" in text and "--repeats" in text
 
@@ -125,7 +125,7 @@ def test_bench_on_the_shapes_world_writes_rows_per_configuration(tmp_path, monke
     monkeypatch.setenv("TR0N_RT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    rc = bench_main(["--world", "shapes", "--backends", "onnxruntime", "torch", "--batch", "2", "--steps", "2",
+    rc = cli_main(["bench", "--world", "shapes", "--backends", "onnxruntime", "torch", "--batch", "2", "--steps", "2",
                      "--copies", "2", "--warmup", "0", "--repeats", "2", "--json", str(out), "--png", str(png)])
     assert rc == 0
     result = json.loads(out.read_text())

@@ -15,11 +15,11 @@ from tr0n_rt.export.captioners import (
     Captioner,
     CaptionerUnavailable,
     NucleusConfig,
-    build_captioner,
     caption_pairs,
     nucleus_probs,
     sample_choices,
 )
+from tr0n_rt.export.captioner_registry import build_captioner
 from tr0n_rt.export.models.registry import build_condition_model, build_generator
 from tr0n_rt.export.pairs import load_captions, load_pairs, make_pairs, shard_path
 from tr0n_rt.export.pipeline import build_part

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from tr0n_rt.errors import CheckpointError
-from tr0n_rt.export.models.stylegan2_import import (import_rosinality, import_stylegan2, infer_config,
+from tr0n_rt.export.models.stylegan2_load import import_stylegan2
+from tr0n_rt.export.models.stylegan2_import import (import_rosinality, infer_config,
                                                     load_rosinality_state, to_rosinality)
 
 from .test_stylegan2 import SMALL, latents, small_generator, upfirdn2d_reference

@@ -11,7 +11,7 @@ from tr0n_rt.export.checkpoints import load_weights
 from tr0n_rt.export.models.classifier import CNNClassifier
 from tr0n_rt.export.models.registry import build_condition_model, build_generator
 from tr0n_rt.export.worlds import digits
-from tr0n_rt.export.worlds.digits import DigitsJudge, parse_class
+from tr0n_rt.export.worlds.digits import DigitsJudge
 from tr0n_rt.export.worlds.digits.data import load_split, random_shift
 
 ENGINE = Path(__file__).resolve().parents[1] / "engines" / "digits"
@@ -56,13 +56,17 @@ def test_classifier_score_has_gradient_wrt_images():
     ("3", 3), ("digit 3", 3), ("three", 3), ("Three", 3), (" digit seven ", 7), ("the digit 0", 0), ("nine", 9), (5, 5),
 ])
 def test_parse_class(text, expected):
-    assert parse_class(text) == expected
+    from tr0n_rt.export.worlds.digits.judge import JudgeNet
+
+    assert DigitsJudge(JudgeNet()).parse_class(text) == expected
 
 
 @pytest.mark.parametrize("text", ["10", "ten", "cat", "", "digit", "3 4", "-1"])
 def test_parse_class_rejects_with_accepted_names(text):
+    from tr0n_rt.export.worlds.digits.judge import JudgeNet
+
     with pytest.raises(PromptError, match="accepted: 0, 1, 2.*zero, one"):
-        parse_class(text)
+        DigitsJudge(JudgeNet()).parse_class(text)
 
 
 def test_judge_checks_family_shapes_and_counts(tmp_path):
@@ -151,7 +155,7 @@ def test_shipped_generator_covers_many_classes():
     gen = load_weights(build_generator(spec["family"], spec["config"]), ENGINE / spec["weights"]).eval()
     with torch.no_grad():
         images = gen(gen.latent.sample_prior(100, generator=torch.Generator().manual_seed(7)))
-    probs = _shipped_judge().probabilities(images)
+    probs = torch.from_numpy(_shipped_judge().probabilities(images)["class"])
     confident = probs.max(-1).values > 0.9
     classes = set(probs.argmax(-1)[confident].tolist())
     assert len(classes) >= 6, f"the judge confidently sees only classes {sorted(classes)} in 100 samples"

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .chart import bar_panel, stack
+from .cli_args import resolve_pipeline, whole_number
 from .errors import ConfigError, Tr0nError
 
 STAGES = ("encode", "translate", "langevin", "final_energy", "decode")
@@ -286,94 +288,6 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-# --- the chart (Pillow only) ------------------------------------------------------------------------------
-COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
-
-
-def font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def bar_panel(title: str, unit: str, groups: list[str], series: dict[str, list[float | None]],
-              plot_width: int = 540, height: int = 340):
-    """Grouped bars: one group per entry of `groups`, one bar per series; missing values are skipped.
-    The legend's width follows the longest series name."""
-    from PIL import Image, ImageDraw
-
-    left, top, bottom = 60, 34, 40
-    right = 40 + 7 * max((len(n) for n in series), default=0)
-    w, h = left + plot_width + right, height
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    d.text((left, 8), title, fill="black", font=font(15))
-    values = [v for vs in series.values() for v in vs if v is not None]
-    tick, ticks = nice_ticks(max(values, default=0.0) * 1.1)
-    vmax = tick * ticks
-    plot_w, plot_h = w - left - right, h - top - bottom
-    d.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black")
-    for i in range(ticks + 1):  # value grid
-        y = h - bottom - plot_h * i / ticks
-        d.line([(left - 4, y), (w - right, y)], fill="#dddddd" if i else "black")
-        d.text((4, y - 6), number(tick * i), fill="black", font=font(11))
-    d.text((4, 12), unit, fill="black", font=font(11))
-    n = max(len(series), 1)
-    slot = plot_w / max(len(groups), 1)
-    bar = slot * 0.8 / n
-    for gi, group in enumerate(groups):
-        x0 = left + gi * slot + slot * 0.1
-        for si, (_, vs) in enumerate(series.items()):
-            v = vs[gi] if gi < len(vs) else None
-            if v is None:
-                continue
-            x = x0 + si * bar
-            y = h - bottom - plot_h * v / vmax
-            d.rectangle([x, y, x + bar - 2, h - bottom], fill=COLORS[si % len(COLORS)])
-            d.text((x, y - 13), number(v), fill="black", font=font(10))
-        d.text((x0 + slot * 0.3, h - bottom + 8), group, fill="black", font=font(12))
-    for si, name in enumerate(series):  # legend
-        y = top + 6 + si * 18
-        d.rectangle([w - right + 10, y, w - right + 22, y + 12], fill=COLORS[si % len(COLORS)])
-        d.text((w - right + 28, y - 1), name, fill="black", font=font(12))
-    return img
-
-
-def number(v: float) -> str:
-    """3 significant digits, without exponents below a million: 0.0123, 4.56, 789, 13,655."""
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
-
-
-def nice_ticks(top: float) -> tuple[float, int]:
-    """(tick step, number of ticks) with a step of 1, 2 or 5 x 10^k and 3-6 ticks covering [0, top]."""
-    import math
-
-    if top <= 0:
-        return 1.0, 1
-    step = 10 ** math.floor(math.log10(top / 5))
-    for m in (1, 2, 5, 10):
-        if top / (m * step) <= 6:
-            step *= m
-            break
-    return step, max(1, math.ceil(top / step - 1e-9))
-
-
-def stack(panels: list, title: str):
-    from PIL import Image, ImageDraw
-
-    w = max(p.width for p in panels)
-    sheet = Image.new("RGB", (w, 30 + sum(p.height for p in panels)), "white")
-    ImageDraw.Draw(sheet).text((10, 8), title, fill="black", font=font(16))
-    y = 30
-    for p in panels:
-        sheet.paste(p, (0, y))
-        y += p.height
-    return sheet
-
-
 def chart(result: dict):
     """A bench result -> one PNG-ready image: images/s and Langevin step ms per batch and backend."""
     rows = [r for r in result["rows"] if "error" not in r]
@@ -390,10 +304,11 @@ def chart(result: dict):
                   bar_panel("Langevin step, ms (lower is better)", "ms", groups, series("step_ms"))], title)
 
 
+
+
 # --- the command ----------------------------------------------------------------------------------------
 def cmd_bench(args) -> int:
     from .atomic import write_bytes, write_json
-    from .cli import resolve_pipeline
     from .images import png_bytes
 
     folder = resolve_pipeline(args).resolve()
@@ -441,8 +356,6 @@ def cmd_bench(args) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from .cli import whole_number  # cli imports this module first, so cli is complete here
-
     p = subparsers.add_parser(
         "bench", help="quick benchmark: latency, images/s, stages, cold start, peak memory per backend",
         description="Time the whole sampler per backend and batch size, each configuration in a fresh process: "
@@ -470,13 +383,3 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--png", type=Path, default=None, help="also draw a chart of images/s and step time here")
     p.set_defaults(func=cmd_bench)
     return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m tr0n_rt.bench ...`: the same as `tr0n-rt bench ...`."""
-    from .cli import main as cli_main
-
-    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
-
-if __name__ == "__main__":
-    sys.exit(main())

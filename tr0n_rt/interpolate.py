@@ -6,6 +6,8 @@ conditions themselves, so a strip's ends are ordinary samples of its endpoints.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .errors import ConfigError, ShapeError
@@ -37,3 +39,38 @@ def interpolate(c0: np.ndarray, c1: np.ndarray, n: int, kind: str) -> np.ndarray
         out = slerp(c0, c1, t)
     out[0], out[-1] = c0, c1  # the endpoints bit for bit (no rounding through float64 trigonometry)
     return out
+
+
+@dataclass
+class Interpolation:
+    """N conditions from one endpoint to the other, as `tr0n-rt sample --interpolate N` lays them out."""
+
+    endpoints: list  # the two labels (prompts, classes or image files)
+    t: list[float]  # [N] from 0 to 1
+    labels: list[str]  # [N] "A -> B @ t"
+    conditions: np.ndarray  # [N, d_c]
+    judged: list  # [N] what each point is judged against: the endpoints' queries at t = 0 and 1, else None
+
+
+def interpolation(labels: list, conditions: np.ndarray, judged: list | None, n: int, kind: str) -> Interpolation:
+    """Two endpoints (labels, conditions [2, d_c], their judged queries or None) -> n points between them."""
+    if len(labels) != 2:
+        raise ConfigError(f"--interpolate takes exactly two endpoints (two prompts, classes or images), got {len(labels)}")
+    t = [i / (n - 1) for i in range(n)] if n > 1 else [0.0]
+    ends = judged or [None, None]
+    return Interpolation(list(labels), t, [f"{labels[0]} -> {labels[1]} @ {x:.2f}" for x in t],
+                         interpolate(conditions[0], conditions[1], n, kind), [ends[0]] + [None] * (n - 2) + [ends[1]])
+
+
+def strip_cells(order_t: list[tuple[int, float]], images: list, captions: list, samples: int, sources=None):
+    """One strip per sample j: [source image,] t = 0 ... t = 1 [, source image]. order_t: (sample j, t) per
+    image; sources: the two endpoint images [C, H, W] in [-1, 1] (image interpolation) -> (cells, captions,
+    columns)."""
+    order = sorted(range(len(order_t)), key=lambda r: order_t[r])
+    cells, caps = [], []
+    for j in range(samples):
+        row = [r for r in order if order_t[r][0] == j]
+        ends = (([sources[0]], ["source"]), ([sources[1]], ["source"])) if sources is not None else (([], []), ([], []))
+        cells += ends[0][0] + [images[r] for r in row] + ends[1][0]
+        caps += ends[0][1] + [captions[r] for r in row] + ends[1][1]
+    return cells, caps, len(cells) // samples

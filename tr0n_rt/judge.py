@@ -20,6 +20,7 @@ install. The manifest's "judge" entry (written by export/judge_export.py) is:
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from .bundle import load_bundle, verify_files
 from .errors import BundleError, PromptError, ShapeError
+from .extras import build_time
 
 INPUT = "images"
 CHUNK = 256  # images per judge run
@@ -100,63 +102,111 @@ class RuntimeJudge:
                 for k, h in enumerate(names)}
 
     def verdicts(self, images, queries: list) -> list[dict]:
-        """One dict per image, with the keys and the `correct` of the world's torch judge."""
+        """One dict per image (see verdicts below)."""
         if len(queries) != len(images):
             raise ShapeError(f"got {len(images)} images but {len(queries)} queries: pass one query per image")
-        if self.rule["kind"] == "class":
-            return self._class_verdicts(images, queries)
-        return self._word_verdicts(images, queries)
+        return verdicts(self.entry, self.probabilities(images), queries)
 
-    # --- "words": every head a prompt names must be predicted as named (shapes world) ----------------
     def parse_prompt(self, prompt: str) -> dict[str, str | None]:
-        """The head values a prompt names ({head: value | None}), as the world's parse_prompt reads it."""
-        aliases = self.rule.get("aliases", {})
-        out: dict[str, str | None] = {h: None for h in self.heads}
-        for w in re.findall(self.rule["pattern"], prompt.lower()):
-            w = aliases.get(w, w)
-            for h, values in self.heads.items():
-                if out[h] is None and w in values:
-                    out[h] = w
-        return out
+        return parse_prompt(self.entry, prompt)
 
-    def _word_verdicts(self, images, prompts: list[str]) -> list[dict]:
-        probs = self.probabilities(images)
-        best = {h: (p.argmax(-1), p.max(-1)) for h, p in probs.items()}
-        out = []
-        for i, prompt in enumerate(prompts):
-            wanted = self.parse_prompt(prompt)
-            v = {h: self.heads[h][int(best[h][0][i])] for h in self.heads}
-            v.update({f"{h}_confidence": float(best[h][1][i]) for h in self.heads})
-            v["wanted"] = wanted
-            named = {h: w for h, w in wanted.items() if w is not None}
-            v["correct"] = any(wanted[h] is not None for h in self.rule["needs_any"]) and all(
-                v[h] == w for h, w in named.items())
-            out.append(v)
-        return out
-
-    # --- "class": the single head must predict the query's class (digits world) ----------------------
     def parse_class(self, text: str | int) -> int:
-        """'3', 'digit 3', 'three', 'the digit three', 3 -> 3; anything else raises PromptError."""
-        (classes,) = self.heads.values()
-        names = self.rule["names"]
-        if isinstance(text, int) and not isinstance(text, bool) and 0 <= text < len(classes):
-            return text
-        key = re.sub(self.rule["prefix"], "", str(text).strip().lower()).strip()
-        if len(key) == 1 and key.isdecimal() and int(key) < len(classes):
-            return int(key)
-        if key in names:
-            return int(names[key])
-        raise PromptError(f"{text!r} is not a class; accepted: {', '.join(classes)}, {', '.join(names)}, "
-                          "optionally prefixed by 'digit' (e.g. 'digit 3', 'digit three')")
+        return parse_class(self.entry, text)
 
-    def _class_verdicts(self, images, queries: list) -> list[dict]:
-        targets = [self.parse_class(q) for q in queries]
-        ((head, classes),) = self.heads.items()
-        probs = self.probabilities(images)[head]
-        pred, conf = probs.argmax(-1), probs.max(-1)
-        return [{"predicted": classes[p], "confidence": float(cf), "target": classes[t],
-                 "target_probability": float(pr[t]), "correct": bool(p == t)}
-                for p, cf, t, pr in zip(pred.tolist(), conf, targets, probs)]
+
+# The verdict rule, written once: the world judges' torch networks (export/worlds/*/judge.py) give their
+# probabilities to these same functions, with their runtime_spec() as the entry.
+def verdicts(entry: dict, probs: dict[str, np.ndarray], queries: list) -> list[dict]:
+    """entry: a judge entry (heads, rule); probs: {head: probabilities [N, n_values]} -> one verdict per
+    query: the keys of the rule's kind and "correct"."""
+    if entry["rule"]["kind"] == "class":
+        return class_verdicts(entry, probs, queries)
+    return word_verdicts(entry, probs, queries)
+
+
+# --- "words": every head a prompt names must be predicted as named (shapes world) ----------------
+def parse_prompt(entry: dict, prompt: str) -> dict[str, str | None]:
+    """The head values a prompt names ({head: value | None}): lower-cased, split into `pattern` words,
+    aliases replaced; the first word naming a value of a head wins."""
+    rule, heads = entry["rule"], entry["heads"]
+    aliases = rule.get("aliases", {})
+    out: dict[str, str | None] = {h: None for h in heads}
+    for w in re.findall(rule["pattern"], prompt.lower()):
+        w = aliases.get(w, w)
+        for h, values in heads.items():
+            if out[h] is None and w in values:
+                out[h] = w
+    return out
+
+
+def word_verdicts(entry: dict, probs: dict[str, np.ndarray], prompts: list[str]) -> list[dict]:
+    """Per image: each head's prediction and confidence, what the prompt names ("wanted"), and "correct":
+    the prompt names a `needs_any` head and every named head is predicted as named."""
+    heads = entry["heads"]
+    best = {h: (p.argmax(-1), p.max(-1)) for h, p in probs.items()}
+    out = []
+    for i, prompt in enumerate(prompts):
+        wanted = parse_prompt(entry, prompt)
+        v = {h: heads[h][int(best[h][0][i])] for h in heads}
+        v.update({f"{h}_confidence": float(best[h][1][i]) for h in heads})
+        v["wanted"] = wanted
+        named = {h: w for h, w in wanted.items() if w is not None}
+        v["correct"] = any(wanted[h] is not None for h in entry["rule"]["needs_any"]) and all(
+            v[h] == w for h, w in named.items())
+        out.append(v)
+    return out
+
+
+# --- "class": the single head must predict the query's class (digits world) ----------------------
+def parse_class(entry: dict, text: str | int) -> int:
+    """'3', 'digit 3', 'three', 'the digit three', 3 -> 3; anything else raises PromptError."""
+    (classes,) = entry["heads"].values()
+    names = entry["rule"]["names"]
+    if isinstance(text, int) and not isinstance(text, bool) and 0 <= text < len(classes):
+        return text
+    key = re.sub(entry["rule"]["prefix"], "", str(text).strip().lower()).strip()
+    if len(key) == 1 and key.isdecimal() and int(key) < len(classes):
+        return int(key)
+    if key in names:
+        return int(names[key])
+    raise PromptError(f"{text!r} is not a class; accepted: {', '.join(classes)}, {', '.join(names)}, "
+                      "optionally prefixed by 'digit' (e.g. 'digit 3', 'digit three')")
+
+
+def class_verdicts(entry: dict, probs: dict[str, np.ndarray], queries: list) -> list[dict]:
+    """Per image: predicted class, its confidence, the target, the target's probability, correct."""
+    targets = [parse_class(entry, q) for q in queries]
+    ((head, classes),) = entry["heads"].items()
+    p = probs[head]
+    pred, conf = p.argmax(-1), p.max(-1)
+    return [{"predicted": classes[k], "confidence": float(cf), "target": classes[t],
+             "target_probability": float(pr[t]), "correct": bool(k == t)}
+            for k, cf, t, pr in zip(pred.tolist(), conf, targets, p)]
+
+
+def open_judge(folder: Path):
+    """The world's judge: the bundle's judge.onnx (tr0n_rt/judge.py, no torch, whatever is installed);
+    for a pipeline folder that was never exported, its torch judge when the export extra is installed;
+    None when the folder has neither."""
+    if (folder / "manifest.json").is_file():
+        return RuntimeJudge.from_bundle(folder)
+    spec = json.loads((folder / "pipeline.json").read_text()).get("judge") if (folder / "pipeline.json").is_file() else None
+    if not spec:
+        return None
+    return build_time("worlds", "the judge of a pipeline without a bundle").judge_from_spec(spec, folder)
+
+
+def judge_images(judge, images, queries: list) -> list[dict | None]:
+    """Verdicts of a judge (judge.onnx, or a world's torch judge) on numpy images [N, C, H, W]; queries:
+    what each image is judged against, None to skip it (no judge: all None)."""
+    if judge is None or not any(q is not None for q in queries):
+        return [None] * len(queries)
+    keep = [i for i, q in enumerate(queries) if q is not None]
+    verdicts = judge.verdicts(images[keep], [queries[i] for i in keep])
+    out_list = [None] * len(queries)
+    for i, v in zip(keep, verdicts):
+        out_list[i] = v
+    return out_list
 
 
 def check_entry(entry, folder: Path) -> None:

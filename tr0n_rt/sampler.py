@@ -300,3 +300,20 @@ class Sampler:
             aug[i] = rng.random((copies, AUG_DIM), dtype=np.float32) if copies else IDENTITY_AUG
             noise[i] = rng.standard_normal((k, d), dtype=np.float32)
         return aug, noise
+
+
+def sample_queries(sampler: Sampler, queries: list[str], samples: int, seed: int, batch: int):
+    """Samples every query `samples` times in batches; yields (rows, SampleBatch)."""
+    conditions = sampler.conditions(queries) if queries else None
+    yield from sample_rows(sampler, queries, conditions, samples, seed, batch)
+
+
+def sample_rows(sampler: Sampler, labels: list, conditions, samples: int, seed: int, batch: int,
+                translator: str = "translator"):
+    """Samples every condition row `samples` times in batches (sample j with seed SEED + j); yields
+    (rows, SampleBatch) with rows (label, j, seed, condition index)."""
+    rows = [(label, j, seed + j, i) for i, label in enumerate(labels) for j in range(samples)]
+    for start in range(0, len(rows), batch):
+        part = rows[start:start + batch]
+        yield part, sampler.sample(conditions[[i for *_, i in part]], [s for _, _, s, _ in part],
+                                   translator=translator)

@@ -39,7 +39,6 @@ from torch import nn
 from tr0n_rt.errors import ConfigError
 
 from .base import Generator, LatentSpec
-from .registry import register_generator
 
 TRUNCATION = 2.0  # TR0N: z ~ N(0, I) clamped to [-2, 2]; means clamped to [-2, 2] during Langevin
 
@@ -223,13 +222,14 @@ class _BigGANBase(Generator):
         self.class_table().normal_(0.0, 0.3)
 
 
-@register_generator("biggan")
 class BigGANGenerator(_BigGANBase):
     """The original BigGAN (TF Hub biggan-128/256/512): hierarchical z.
 
     z is split into len(blocks) + 1 equal chunks: chunk 0 feeds the first linear layer (-> [16 ch, 4, 4]),
     chunk i + 1 joins y as block i's conditioning c = [y | z_{i+1}]. Then bn, relu, 3x3 conv to RGB, tanh.
     """
+
+    family = "biggan"
 
     def __init__(self, resolution: int = 512, ch: int = 96, dim_z: int | None = None, class_dim: int = 128,
                  n_classes: int = 1000, attention: int | None = None, bn_eps: float = 1e-4):
@@ -278,13 +278,14 @@ class BigGANGenerator(_BigGANBase):
         return dict(self._config)
 
 
-@register_generator("biggan_deep")
 class BigGANDeepGenerator(_BigGANBase):
     """BigGAN-deep (TF Hub biggan-deep-128/256/512): every block reads the same c = [z | y] (256-d).
 
     gen_z(c) -> [16 ch, 4, 4], GenBlocks (attention before block `attention_position`), bn, relu, 3x3 conv
     to RGB, tanh.
     """
+
+    family = "biggan_deep"
 
     def __init__(self, resolution: int = 512, ch: int = 128, dim_z: int = 128, class_dim: int = 128,
                  n_classes: int = 1000, attention_position: int = 8, bn_eps: float = 1e-4):

@@ -13,15 +13,15 @@ from torch import nn
 from tr0n_rt.errors import ConfigError, ShapeError
 
 from .base import ConditionModel
-from .registry import register_condition_model
 
 
-@register_condition_model("cnn_classifier")
 class CNNClassifier(ConditionModel):
     """images [N, channels, image_size, image_size] in [-1, 1] -> logits [N, num_classes].
 
     3x3 conv at full size, then stride-2 3x3 convs down to 4x4 (channels doubling), global mean, Linear.
     """
+
+    family = "cnn_classifier"
 
     kind = "classifier"
 

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from tr0n_rt.errors import CheckpointError, unknown_name
 
 from .base import TextConditionModel
-from .registry import register_condition_model
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -31,8 +30,8 @@ def bilinear_matrix(src: int, dst: int) -> torch.Tensor:
     return torch.relu(1 - (s[:, None] - i[None, :]).abs()).float()
 
 
-@register_condition_model("open_clip")
 class OpenClipModel(TextConditionModel):
+    family = "open_clip"
     kind = "clip"
 
     def __init__(

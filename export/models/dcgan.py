@@ -11,7 +11,6 @@ from torch import nn
 from tr0n_rt.errors import ConfigError
 
 from .base import Generator, LatentSpec
-from .registry import register_generator
 
 
 def num_upsamples(image_size: int) -> int:
@@ -21,12 +20,13 @@ def num_upsamples(image_size: int) -> int:
     return image_size.bit_length() - 3
 
 
-@register_generator("dcgan")
 class DCGANGenerator(Generator):
     """z [B, latent_dim] -> images [B, channels, image_size, image_size] in [-1, 1].
 
     Channels halve at each stage: width * 2^(n-1) at 4x4, ..., width at image_size / 2.
     """
+
+    family = "dcgan"
 
     def __init__(self, latent_dim: int = 32, image_size: int = 32, channels: int = 1, width: int = 32):
         super().__init__()

@@ -64,7 +64,6 @@ from torch import nn
 from tr0n_rt.errors import ConfigError
 
 from .base import Generator, LatentSpec
-from .registry import register_generator
 
 NOISE_MODES = ("const", "none")
 LRELU_SLOPE, LRELU_GAIN = 0.2, math.sqrt(2)
@@ -269,7 +268,6 @@ class SynthesisNetwork(nn.Module):
         return img
 
 
-@register_generator("stylegan2")
 class StyleGAN2Generator(Generator):
     """w [B, w_dim] -> images [B, 3, resolution, resolution] in [-1, 1] (synthesis(w).clamp(-1, 1)).
 
@@ -281,6 +279,8 @@ class StyleGAN2Generator(Generator):
     snapshots): synthesis-layer and ToRGB outputs are clamped to +-conv_clamp (see the module docstring).
     config() lists it only when set, so configs without it are unchanged.
     """
+
+    family = "stylegan2"
 
     def __init__(self, resolution: int = 256, w_dim: int = 512, z_dim: int = 512, channel_base: int = 32768,
                  channel_max: int = 512, mapping_layers: int = 8, mapping_lr_mul: float = 0.01,

@@ -11,8 +11,6 @@ consumed except the fixed FIR buffers (`*.blur.kernel`, `*.upsample.kernel`, che
 filter ours hard-codes, then dropped); every one of our keys must be produced; any leftover, missing or
 misshapen key raises CheckpointError naming it (in rosinality's names where the key comes from the file).
 
-    import_stylegan2(path, **config) -> StyleGAN2Generator: the one entry point, by file suffix: .pkl -> NVIDIA's
-        pickles (stylegan2_pkl.import_nvidia_pkl), .pt / .pth / .safetensors -> import_rosinality
     import_rosinality(path_or_state, resolution=None, **config) -> StyleGAN2Generator (eval, no grad)
     from_rosinality(state, resolution, mapping_layers, noise="const") -> our state dict
     to_rosinality(state, resolution, mapping_layers) -> rosinality state dict (the inverse, without FIR buffers)
@@ -213,31 +211,3 @@ def configured_generator(inferred: dict, resolution: int | None, config: dict, w
                               f"(from {where}), not the requested {resolution}")
     cfg = {**inferred, **config}
     return StyleGAN2Generator(**cfg), cfg
-
-
-NVIDIA_SUFFIXES = (".pkl",)
-ROSINALITY_SUFFIXES = (".pt", ".pth", ".safetensors")
-
-
-def import_stylegan2(path, **config) -> StyleGAN2Generator:
-    """A StyleGAN2Generator (eval, requires_grad off) from a checkpoint file, the loader picked by its suffix:
-    .pkl -> NVIDIA's official pickles (stylegan2_pkl.import_nvidia_pkl: network-snapshot-*.pkl, stylegan2-*.pkl;
-    conv_clamp is taken from the file), .pt / .pth / .safetensors -> rosinality checkpoints (import_rosinality).
-    `config` goes to that loader (resolution=, noise=, ...). Neither loader runs code from the file.
-    Any other suffix raises CheckpointError naming the formats that are read."""
-    if not isinstance(path, str | Path):
-        raise CheckpointError(f"import_stylegan2 takes a file path, got {type(path).__name__} (for an in-memory "
-                              "state dict use import_rosinality, for an NVIDIA record import_nvidia_pkl)")
-    path = Path(path)
-    suffix = path.suffix
-    if suffix in NVIDIA_SUFFIXES:
-        # stylegan2_pkl imports this module (key_table), so it is imported here, not at the top
-        from .stylegan2_pkl import import_nvidia_pkl
-
-        return import_nvidia_pkl(path, **config)
-    if suffix in ROSINALITY_SUFFIXES:
-        return import_rosinality(path, **config)
-    found = repr(path.suffix) if path.suffix else "(none)"
-    raise CheckpointError(f"{path.name}: unknown StyleGAN2 checkpoint suffix {found}; read are "
-                          "NVIDIA's network pickles (.pkl, stylegan2-ada-pytorch / stylegan3) and rosinality "
-                          "checkpoints (.pt, .pth, .safetensors)")

@@ -10,8 +10,11 @@ from pathlib import Path
 
 from tr0n_rt.errors import unknown_name
 
+from .digits.judge import DigitsJudge
+from .shapes.judge import ShapesJudge
+
 WORLDS = ("shapes", "digits")
-JUDGES = {"shapes_judge": "shapes", "digits_judge": "digits"}
+JUDGES = {c.family: c for c in (ShapesJudge, DigitsJudge)}
 
 
 def world_module(name: str):
@@ -25,7 +28,4 @@ def judge_from_spec(spec: dict, folder: Path):
     family = spec.get("family")
     if family not in JUDGES:
         raise unknown_name("judge family", str(family), JUDGES)
-    module = importlib.import_module(f"{__name__}.{JUDGES[family]}.judge")
-    judge_cls = next(v for v in vars(module).values()
-                     if isinstance(v, type) and hasattr(v, "verdicts") and hasattr(v, "load"))
-    return judge_cls.load(spec, Path(folder))
+    return JUDGES[family].load(spec, Path(folder))

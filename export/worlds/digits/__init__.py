@@ -4,6 +4,6 @@ G: DCGAN, z in R^32 -> [1, 32, 32] in [-1, 1].  f: CNNClassifier (energy = cross
 target class).  Judge: DigitsJudge, an independent classifier used only to score samples.
 """
 from .build import WORLD_INFO, build_models, evaluate_models
-from .judge import DigitsJudge, parse_class
+from .judge import DigitsJudge
 
-__all__ = ["WORLD_INFO", "build_models", "evaluate_models", "DigitsJudge", "parse_class"]
+__all__ = ["WORLD_INFO", "build_models", "evaluate_models", "DigitsJudge"]

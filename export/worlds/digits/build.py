@@ -72,7 +72,7 @@ def evaluate_models(folder: Path, spec: dict, n_samples: int = 400, seed: int = 
     judge = DigitsJudge.load(spec["judge"], folder)
 
     z = gen.latent.sample_prior(n_samples, generator=torch.Generator().manual_seed(seed + 123))
-    conf, pred = judge.probabilities(gen(z)).max(-1)
+    conf, pred = torch.from_numpy(judge.probabilities(gen(z).detach())["class"]).max(-1)
     return {
         "classifier_test_accuracy": accuracy(clf, x_test, y_test),
         "judge_test_accuracy": accuracy(judge.net, x_test, y_test),

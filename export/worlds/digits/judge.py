@@ -8,31 +8,18 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import torch
 from torch import nn
 
-from tr0n_rt.errors import PromptError, ShapeError
+from tr0n_rt.errors import ShapeError
+from tr0n_rt.judge import class_verdicts, parse_class
 
 from ..judging import WorldJudge
 from .data import CLASSES
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 _PREFIX = re.compile(r"^(?:an?\s+|the\s+)?(?:(?:digit|number|class|numeral)\s*:?\s*)?")
-
-
-def parse_class(text: str | int) -> int:
-    """'3', 'digit 3', 'three', 'the digit three', 3 -> 3; anything else raises PromptError."""
-    if isinstance(text, int) and not isinstance(text, bool) and 0 <= text <= 9:
-        return text
-    key = _PREFIX.sub("", str(text).strip().lower()).strip()
-    if key.isdigit() and len(key) == 1:
-        return int(key)
-    if key in NAMES:
-        return NAMES.index(key)
-    raise PromptError(
-        f"{text!r} is not a digit class; accepted: {', '.join(CLASSES)}, {', '.join(NAMES)}, "
-        "optionally prefixed by 'digit' (e.g. 'digit 3', 'digit three')"
-    )
 
 
 class JudgeNet(nn.Module):
@@ -81,23 +68,21 @@ class DigitsJudge(WorldJudge):
                 "rule": {"kind": "class", "prefix": _PREFIX.pattern, "names": {n: i for i, n in enumerate(NAMES)}}}
 
     @torch.no_grad()
-    def probabilities(self, images) -> torch.Tensor:
-        """images [N, C, S, S] in [-1, 1] (torch or numpy) -> [N, num_classes]."""
+    def probabilities(self, images) -> dict[str, np.ndarray]:
+        """images [N, C, S, S] in [-1, 1] (torch or numpy) -> {"class": probabilities [N, num_classes]}."""
         x = torch.as_tensor(images, dtype=torch.float32)
         c, s = self.net.channels, self.net.image_size
         if x.ndim != 4 or tuple(x.shape[1:]) != (c, s, s):
             raise ShapeError(f"judge takes images [N, {c}, {s}, {s}] in [-1, 1], got {tuple(x.shape)}")
-        return torch.cat([self.net(x[i:i + 256]).softmax(-1) for i in range(0, len(x), 256)])
+        return {"class": torch.cat([self.net(x[i:i + 256]).softmax(-1) for i in range(0, len(x), 256)]).numpy()}
+
+    def parse_class(self, text: str | int) -> int:
+        """'3', 'digit 3', 'three', 'the digit three', 3 -> 3; anything else raises PromptError."""
+        return parse_class(self.runtime_spec(), text)
 
     def verdicts(self, images, classes: list[str]) -> list[dict]:
-        """One dict per image: predicted class, its confidence, the target, the target's probability, correct."""
+        """One dict per image: predicted class, its confidence, the target, the target's probability,
+        correct. The rule is tr0n_rt.judge's, as judge.onnx is judged."""
         if len(classes) != len(images):
             raise ShapeError(f"got {len(images)} images but {len(classes)} target classes: pass one class per image")
-        targets = [parse_class(c) for c in classes]
-        probs = self.probabilities(images)
-        conf, pred = probs.max(-1)
-        return [
-            {"predicted": self.classes[p], "confidence": float(cf), "target": self.classes[t],
-             "target_probability": float(pr[t]), "correct": p == t}
-            for p, cf, t, pr in zip(pred.tolist(), conf, targets, probs)
-        ]
+        return class_verdicts(self.runtime_spec(), self.probabilities(images), classes)

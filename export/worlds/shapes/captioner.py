@@ -28,7 +28,6 @@ from tr0n_rt.errors import ConfigError, ShapeError
 from ...captioners import (
     Captioner,
     NucleusConfig,
-    register_captioner,
     sample_choices,
     state_fingerprint,
 )
@@ -95,13 +94,14 @@ def save_captioner(net: JudgeNet, path: str | Path) -> None:
     save_state(net.state_dict(), path, metadata=net.config())
 
 
-@register_captioner("shapes_attributes")
 class ShapesAttributeCaptioner(Captioner):
     """Captions of the shapes world from a trained attribute classifier.
 
     weights: a safetensors file from save_captioner (with width, the JudgeNet width it was trained with),
     or net: a trained JudgeNet in memory. config() records a fingerprint of the weights either way.
     """
+
+    name = "shapes_attributes"
 
     def __init__(self, weights: str | Path | None = None, width: int = 16, net: JudgeNet | None = None):
         if (weights is None) == (net is None):

@@ -5,12 +5,14 @@ can check samples without being the thing they were optimised against.
 """
 from __future__ import annotations
 
-
+import numpy as np
 import torch
 from torch import nn
 
-from ..judging import WorldJudge
 from tr0n_rt.errors import ShapeError
+from tr0n_rt.judge import word_verdicts
+
+from ..judging import WorldJudge
 from . import data
 
 HEADS = {"shape": data.SHAPES, "colour": data.COLOUR_NAMES, "background": data.BACKGROUND_NAMES}
@@ -64,34 +66,23 @@ class ShapesJudge(WorldJudge):
                          "needs_any": ["shape", "colour"]}}
 
     @torch.no_grad()
-    def predict(self, images) -> dict[str, tuple[list[str], torch.Tensor]]:
-        """images [N, 3, S, S] in [-1, 1] (torch or numpy) -> {head: (predicted names, confidences [N])}."""
+    def probabilities(self, images) -> dict[str, np.ndarray]:
+        """images [N, 3, S, S] in [-1, 1] (torch or numpy) -> {head: probabilities [N, n_values]}."""
         images = torch.as_tensor(images)
         s = self.net.image_size
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, s, s):
             raise ShapeError(f"judge takes images [N, 3, {s}, {s}] in [-1, 1], got {tuple(images.shape)}")
         logits = self.net(images.float())
-        out = {}
-        for k, names in HEADS.items():
-            conf, idx = logits[k].softmax(-1).max(-1)
-            out[k] = ([names[i] for i in idx.tolist()], conf)
-        return out
+        return {k: logits[k].softmax(-1).numpy() for k in HEADS}
+
+    def predict(self, images) -> dict[str, tuple[list[str], np.ndarray]]:
+        """images [N, 3, S, S] in [-1, 1] -> {head: (predicted names, confidences [N])}."""
+        return {k: ([HEADS[k][i] for i in p.argmax(-1).tolist()], p.max(-1)) for k, p in self.probabilities(images).items()}
 
     def verdicts(self, images, prompts: list[str]) -> list[dict]:
         """One dict per image: predicted shape/colour/background, their confidences, what the prompt
         names ("wanted"), and "correct": every named attribute right (a prompt naming neither a shape
-        nor a colour is never correct)."""
+        nor a colour is never correct). The rule is tr0n_rt.judge's, as judge.onnx is judged."""
         if len(prompts) != images.shape[0]:
             raise ShapeError(f"{images.shape[0]} images but {len(prompts)} prompts: give one prompt per image")
-        pred = self.predict(images)
-        out = []
-        for i, prompt in enumerate(prompts):
-            wanted = data.parse_prompt(prompt)
-            v = {k: pred[k][0][i] for k in HEADS}
-            v.update({f"{k}_confidence": float(pred[k][1][i]) for k in HEADS})
-            v["wanted"] = wanted
-            named = {k: w for k, w in wanted.items() if w is not None}
-            v["correct"] = (wanted["shape"] is not None or wanted["colour"] is not None) and all(
-                v[k] == w for k, w in named.items())
-            out.append(v)
-        return out
+        return word_verdicts(self.runtime_spec(), self.probabilities(images), prompts)

@@ -22,7 +22,6 @@ import math
 import torch
 
 from ...models.base import Generator, LatentSpec
-from ...models.registry import register_generator
 from . import data
 
 LATENT_DIM = 20
@@ -64,13 +63,14 @@ def _half_planes(pieces, edges_per_piece: int) -> tuple[torch.Tensor, torch.Tens
     return torch.tensor(normals, dtype=torch.float32), torch.tensor(offsets, dtype=torch.float32)
 
 
-@register_generator("shapes_renderer")
 class ShapesRenderer(Generator):
     """z [B, 20] -> images [B, 3, image_size, image_size] in [-1, 1]; no weights, nothing to train.
 
     tau:  softmax temperature of the shape / colour / background choices (low = nearly one-hot).
     edge: edge softness in pixels (logistic scale of the coverage).
     """
+
+    family = "shapes_renderer"
 
     def __init__(self, tau: float = 0.2, image_size: int = 32, edge: float = 0.35):
         super().__init__()
