@@ -1,4 +1,6 @@
 """The sampler over the torch backend: batch invariance, energy descent, modes, bad input."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -182,6 +184,29 @@ def test_shipped_bundles_run_every_mode_on_onnxruntime(world):
         batch = s.generate(**condition, samples=2, config=s.config.with_overrides(**settings))
         assert batch.images.shape[0] == 2 and np.isfinite(batch.images).all(), settings
         assert np.isfinite(batch.energy_trace).all(), settings
+
+
+def test_a_bare_world_name_opens_the_world_not_a_folder_of_that_name(tmp_path, monkeypatch, tiny_class_pipeline):
+    """Sampler.open("shapes") is the shipped world even where ./shapes exists; "./shapes" is the folder."""
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    shutil.copytree(tiny_class_pipeline, tmp_path / "shapes")
+    monkeypatch.chdir(tmp_path)
+    assert Sampler.open("shapes", backend="onnxruntime").info.name == "shapes"
+    assert Sampler.open("./shapes", backend="torch").info.name == "tiny-class"
+
+
+def test_worlds_are_found_beside_the_package_as_a_wheel_installs_them(tmp_path, monkeypatch):
+    """A wheel ships engines/ inside the package (tr0n_rt/engines); a source checkout has it beside."""
+    from tr0n_rt import paths
+
+    monkeypatch.delenv("TR0N_RT_ENGINES", raising=False)
+    assert paths.engines_dir() == Path(paths.__file__).resolve().parent.parent / "engines"
+    fake = tmp_path / "site" / "tr0n_rt"
+    (fake / "engines" / "shapes").mkdir(parents=True)
+    monkeypatch.setattr(paths, "__file__", str(fake / "paths.py"))
+    assert paths.engines_dir() == fake / "engines"
 
 
 def test_sampling_config_refuses_wrong_types_with_a_fix():

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .atomic import write_bytes
 
 
 def to_pil(image: np.ndarray, scale: int = 1) -> Image.Image:
@@ -22,10 +21,6 @@ def png_bytes(pil: Image.Image) -> bytes:
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def save_png(path: str | Path, image: np.ndarray, scale: int = 1) -> None:
-    write_bytes(path, png_bytes(to_pil(image, scale)))
 
 
 def display_scale(size: int) -> int:

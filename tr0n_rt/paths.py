@@ -1,4 +1,5 @@
-"""Where shipped pipelines live: $TR0N_RT_ENGINES, else the repository's engines/ folder."""
+"""Where shipped pipelines live: $TR0N_RT_ENGINES, else the worlds a wheel ships inside the package
+(tr0n_rt/engines), else the source checkout's engines/ folder (an editable install)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,16 @@ DEFAULT_WORLD = "shapes"
 
 
 def engines_dir() -> Path:
-    return Path(os.environ.get("TR0N_RT_ENGINES") or Path(__file__).resolve().parent.parent / "engines")
+    if os.environ.get("TR0N_RT_ENGINES"):
+        return Path(os.environ["TR0N_RT_ENGINES"])
+    here = Path(__file__).resolve().parent
+    return here / "engines" if (here / "engines").is_dir() else here.parent / "engines"
+
+
+def is_world_name(text: str) -> bool:
+    """A bare name (no path separator, not "." or ".."): it names a shipped world, never a folder in the
+    working directory (write ./NAME for that)."""
+    return "/" not in text and os.sep not in text and text not in (".", "..")
 
 
 def world_dir(name: str) -> Path:

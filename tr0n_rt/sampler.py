@@ -63,7 +63,8 @@ class Sampler:
     @classmethod
     def open(cls, pipeline, backend: str = "auto", device: str = "cpu", precision: str = "fp32",
              preset: str | None = None, threads: int | None = None, **settings) -> "Sampler":
-        """Loads a pipeline or bundle folder (or an embedded world's name, e.g. "shapes") once.
+        """Loads a pipeline or bundle folder, or an embedded world by its bare name ("shapes"; a folder of
+        that name in the working directory is "./shapes"), once.
 
         backend: auto | onnxruntime | tensorrt | torch (auto: onnxruntime for a bundle when installed for
         the device). preset: "paper" or "fast" (default: the pipeline's own settings); threads:
@@ -71,12 +72,10 @@ class Sampler:
         from pathlib import Path
 
         from .backends import open_backend
-        from .paths import world_dir
+        from .paths import is_world_name, world_dir
         from .settings import preset as named_preset
 
-        folder = Path(pipeline)
-        if not folder.is_dir() and "/" not in str(pipeline):
-            folder = world_dir(str(pipeline))
+        folder = world_dir(pipeline) if isinstance(pipeline, str) and is_world_name(pipeline) else Path(pipeline)
         be = open_backend(backend, folder, device=device, precision=precision, threads=threads)
         base = named_preset(preset) if preset else be.info.sampling
         return cls(be, base.with_overrides(**settings))

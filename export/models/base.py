@@ -45,15 +45,11 @@ class LatentSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "LatentSpec":
-        return cls(**d)
-
 
 class Generator(nn.Module):
     """G: z [B, latent.dim] -> images [B, channels, image_size, image_size] in [-1, 1]."""
 
-    family: str = ""  # registry name, set by @register_generator
+    family: str = ""  # its name in models/registry.py
     latent: LatentSpec
     image_size: int
     channels: int = 3

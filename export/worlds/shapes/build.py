@@ -207,20 +207,6 @@ def evaluate_judge(net: JudgeNet, n: int = 2000, seed: int = 54321) -> dict:
     return out
 
 
-@torch.no_grad()
-def renderer_coverage(net: JudgeNet, n: int = 3000, seed: int = 7) -> dict:
-    """Unconditional samples of G, named by the judge: how many of the 30 shape x colour pairs appear,
-    the rarest pair's count, and how often the judge agrees with the largest logit of z."""
-    gen = ShapesRenderer()
-    z = gen.latent.sample_prior(n, torch.Generator().manual_seed(seed))
-    logits = net(gen(z))
-    s, c = logits["shape"].argmax(1), logits["colour"].argmax(1)
-    counts = torch.bincount(s * len(data.COLOUR_NAMES) + c, minlength=30)
-    agree = ((s == z[:, 0:5].argmax(1)) & (c == z[:, 5:11].argmax(1))).float().mean().item()
-    return {"pairs_covered": int((counts > 0).sum()), "min_pair_count": int(counts.min()), "n": n,
-            "judge_agrees_with_z_argmax": agree}
-
-
 def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Float tensors stored as float16 (half the file; load_state_dict casts back to the model's float32)."""
     return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}

@@ -16,7 +16,6 @@ Token-level settings (min/max length, repetition penalty, beams) do not apply.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -138,11 +137,3 @@ class ShapesAttributeCaptioner(Captioner):
                 for i, t in enumerate(templates)]
 
 
-def build_shapes_captioner(path: str | Path, steps: int = 1500, seed: int = 1, progress: bool = True) -> dict:
-    """Trains, evaluates and saves a captioner; returns its registry config and held-out accuracy."""
-    tick = time.perf_counter()
-    net = train_shapes_captioner(steps=steps, seed=seed, progress=progress)
-    seconds = time.perf_counter() - tick
-    save_captioner(net, path)
-    return {"name": "shapes_attributes", "config": {"weights": str(path), "width": net.width},
-            "accuracy": evaluate_captioner(net), "train_seconds": round(seconds, 1), "steps": steps, "seed": seed}
