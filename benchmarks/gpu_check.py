@@ -230,7 +230,8 @@ def check_device(kind: str, steps: int = 6) -> dict:
     means, energy <- condition[:, 0]. After each step, means must be that step's noise (the fixed input was
     uploaded before the replay) and velocity the previous step's noise (the graph read the set the previous
     graph wrote)."""
-    from tr0n_rt.backends.cuda import StepGraphs, open_device
+    from tr0n_rt.backends.cuda import open_device
+    from tr0n_rt.backends.step_graphs import StepGraphs
 
     dev = open_device(kind)
     b, k, d = 4, 2, 8

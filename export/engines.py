@@ -5,15 +5,11 @@ Networks are parsed strongly typed: every layer runs in the type the graph gives
 (FP16 compute, float32 islands and float32 IO, export/fp16.py) build the same way on TensorRT 10 (JetPack
 6) and 11, which has no FP16 builder flag. TF32 stays off, so float32 islands are true float32.
 
-Profiles are static (min = opt = max), one per batch size x copies x components: a static shape is what
-a CUDA graph replays, and static engines pick the fastest kernels for exactly that shape. The manifest
-gains a top-level `engines` section:
-    engines   {graph: {precision: stamp}}
-    stamp     file, sha256, bytes, precision, tensorrt (version), gpu (name), compute_capability (sm_XY),
-              hardware_compatible, version_compatible, profiles [{batch, copies?, components?, shapes}],
-              builder (settings), source {file, sha256} (the ONNX graph it was built from), built (UTC)
-              or, for a build that failed: {failed: message, precision, tensorrt, gpu, compute_capability}
-and every plan file is listed in `files` (sha256, bytes), so load_bundle checks it like any graph.
+Profiles are static (min = opt = max), one per batch size x copies x components (tr0n_rt/engine_profiles.py):
+a static shape is what a CUDA graph replays, and static engines pick the fastest kernels for exactly
+that shape. The manifest gains a top-level `engines` section, {graph: {precision: stamp}}, the stamp
+as tr0n_rt/engine_stamp.py defines it (what the plan was built for, and from which graph), and every
+plan file is listed in `files` (sha256, bytes), so load_bundle checks it like any graph.
 """
 from __future__ import annotations
 
@@ -24,11 +20,12 @@ import time
 from pathlib import Path
 
 from tr0n_rt.atomic import write_bytes, write_json
-from tr0n_rt.backends.tensorrt import (  # noqa: F401  (check_engine_compatible: re-exported for the build side)
-    AXES, check_engine_compatible, concrete_shape, import_tensorrt, sm_name,
-)
+from tr0n_rt.backends.tensorrt import import_tensorrt
 from tr0n_rt.bundle import PRECISIONS, file_entry, graph_fingerprint, load_bundle
+from tr0n_rt.engine_profiles import concrete_shape
+from tr0n_rt.engine_stamp import built_stamp, failed_stamp
 from tr0n_rt.errors import BackendError, BundleError, ConfigError
+from tr0n_rt.graphs import DYNAMIC_AXES
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 MAX_PROFILES = 64  # TensorRT's builder takes many, but each one is built and timed: keep builds bounded
@@ -52,17 +49,17 @@ def plan_profiles(manifest: dict, graph: str, batch_sizes=DEFAULT_BATCH_SIZES, c
         raise BundleError(f"the bundle has no {graph!r} graph (it has: {', '.join(manifest.get('graphs', {}))})")
     inputs = manifest["graphs"][graph]["inputs"]
     used = {d for spec in inputs.values() for d in spec["shape"] if isinstance(d, str)}
-    unknown = used - set(AXES)
+    unknown = used - set(DYNAMIC_AXES)
     if unknown:
         raise BundleError(f"graph {graph!r} has dynamic axes {sorted(unknown)} that engines cannot profile "
-                          f"(known: {', '.join(AXES)}); re-export the bundle")
+                          f"(known: {', '.join(DYNAMIC_AXES)}); re-export the bundle")
     choices = {
         "batch": _values("batch sizes", batch_sizes),
         "copies": _values("copies", copies if copies is not None else max(1, manifest["sampling"].get("copies", 1))),
         "components": _values("components", components if components is not None
                               else {1, manifest["mixture"]["components"]}),
     }
-    axes = [a for a in AXES if a in used]
+    axes = [a for a in DYNAMIC_AXES if a in used]
     profiles = []
     for combo in itertools.product(*(choices[a] for a in axes)):
         sizes = dict(zip(axes, combo))
@@ -112,18 +109,9 @@ def polygraphy_config(trt, profiles: list[dict], settings: dict):
 
 def stamp_record(plan: Path, profiles: list[dict], settings: dict, trt_version: str, gpu_name: str,
                  compute_capability, source_file: str, source_sha256: str) -> dict:
-    """What the runtime checks before it deserialises a plan (tr0n_rt.backends.tensorrt)."""
-    return {"file": plan.name, **file_entry(plan), "precision": settings["precision"], "tensorrt": trt_version,
-            "gpu": gpu_name, "compute_capability": sm_name(compute_capability),
-            "hardware_compatible": settings["hardware_compatible"],
-            "version_compatible": settings["version_compatible"], "profiles": profiles, "builder": settings,
-            "source": {"file": source_file, "sha256": source_sha256},
-            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-def failure_record(message: str, precision: str, trt_version: str, gpu_name: str, compute_capability) -> dict:
-    return {"failed": message, "precision": precision, "tensorrt": trt_version, "gpu": gpu_name,
-            "compute_capability": sm_name(compute_capability)}
+    """The stamp of a plan file just written (engine_stamp.built_stamp, with the file's sha256 and bytes)."""
+    return built_stamp(plan.name, file_entry(plan), profiles, settings, trt_version, gpu_name, compute_capability,
+                       source_file, source_sha256)
 
 
 def update_manifest(bundle_dir: str | os.PathLike, stamps: dict) -> dict:
@@ -192,7 +180,7 @@ def build_engines(bundle_dir, batch_sizes=DEFAULT_BATCH_SIZES, copies=None, comp
                 raise BackendError(f"TensorRT {trt.__version__} could not build the {graph} engine from {source.name}: "
                                    f"{message}") from None
             failed[graph] = message
-            stamps[graph] = {precision: failure_record(message, precision, trt.__version__, gpu_name, cc)}
+            stamps[graph] = {precision: failed_stamp(message, precision, trt.__version__, gpu_name, cc)}
             continue
         seconds[graph] = round(time.perf_counter() - tick, 1)
         stamp = stamp_record(plan, profiles, settings, trt.__version__, gpu_name, cc, source.name,

@@ -11,7 +11,8 @@ import pytest
 ort = pytest.importorskip("onnxruntime")
 
 from tr0n_rt.backends import open_backend  # noqa: E402
-from tr0n_rt.backends.onnxruntime import AUTO, OrtBackend, cache_root  # noqa: E402
+from tr0n_rt.backends.onnxruntime import AUTO, OrtBackend  # noqa: E402
+from tr0n_rt.backends.ort_cache import cache_root  # noqa: E402
 from tr0n_rt.errors import BackendError, BundleError, ConfigError  # noqa: E402
 from tr0n_rt.sampler import Sampler  # noqa: E402
 from tr0n_rt.settings import SamplingConfig  # noqa: E402
@@ -99,7 +100,7 @@ def test_fp16_guard_recomputes_a_non_finite_step_in_float32(text_bundle, tmp_pat
     """A planted NaN in the FP16 step's energy (as an overflow would give) is caught: that step is run on
     the float32 graph instead, the count says so, and the sample stays finite."""
     be = fp16_backend(text_bundle, tmp_path)
-    session = be.load("step").session
+    session = be.loaded("step").session
     real_run, calls = session.run, []
 
     def overflowing(names, feed, *args):
@@ -219,6 +220,23 @@ def test_second_open_loads_the_optimised_graphs_from_the_cache(text_bundle, tmp_
     assert cache_root() == tmp_path / "elsewhere" / "ort" and cache_root(cache) == cache
 
 
+def test_load_makes_a_session_once_and_graph_sources_say_where_each_came_from(text_bundle, tmp_path):
+    cache = tmp_path / "cache"
+    be = OrtBackend.open(text_bundle, cache_dir=cache)
+    assert be.graph_sources == {} and be.graph_stats == {} and be.fp16_fallbacks is None
+    assert be.load("translator") is None
+    session = be.graphs["translator"].session
+    be.load("translator")
+    assert be.graphs["translator"].session is session  # idempotent
+    assert be.graph_sources == {"translator": "graph"}
+    again = OrtBackend.open(text_bundle, cache_dir=cache)
+    again.load("translator")
+    again.load("generator")
+    assert again.graph_sources == {"translator": "cache", "generator": "graph"}
+    with pytest.raises(BackendError, match="has no 'judge' graph"):
+        be.load("judge")
+
+
 def test_an_unusable_cache_file_is_replaced(text_bundle, tmp_path):
     cache, latent = tmp_path / "cache", np.zeros((2, 8), np.float32)
     be = OrtBackend.open(text_bundle, cache_dir=cache)
@@ -231,7 +249,7 @@ def test_an_unusable_cache_file_is_replaced(text_bundle, tmp_path):
         again = OrtBackend.open(text_bundle, cache_dir=cache)
         np.testing.assert_array_equal(again.run("generator", {"latent": latent})["images"], reference)
         assert again.graphs["generator"].source == "graph"
-        assert OrtBackend.open(text_bundle, cache_dir=cache).load("generator").source == "cache"  # rewritten
+        assert OrtBackend.open(text_bundle, cache_dir=cache).loaded("generator").source == "cache"  # rewritten
 
 
 def scaled_weights(src: Path, dst: Path) -> None:
@@ -268,10 +286,10 @@ def test_a_graph_replaced_after_open_is_refused(text_bundle, tmp_path):
 
 def test_threads_and_spinning_reach_every_session(text_bundle, tmp_path):
     be = OrtBackend.open(text_bundle, cache_dir=tmp_path, threads=1, spinning=False)
-    options = be.load("step").session.get_session_options()
+    options = be.loaded("step").session.get_session_options()
     assert options.intra_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    default = OrtBackend.open(text_bundle, cache_dir=tmp_path).load("step").session.get_session_options()
+    default = OrtBackend.open(text_bundle, cache_dir=tmp_path).loaded("step").session.get_session_options()
     assert default.intra_op_num_threads == 0  # onnxruntime's own choice: one per core
     with pytest.raises(ConfigError, match="threads must be >= 1"):
         OrtBackend.open(text_bundle, cache_dir=tmp_path, threads=0)

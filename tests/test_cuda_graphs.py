@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tr0n_rt.backends.cuda import HostArrays, PingPong, StepGraphs, pick_batch, put, shape_key
+from tr0n_rt.backends.cuda import HostArrays, put
+from tr0n_rt.backends.step_graphs import PingPong, StepGraphs, shape_key
+from tr0n_rt.engine_profiles import pick_batch
 from tr0n_rt.errors import BackendError
 
 ROOT = Path(__file__).resolve().parents[1]

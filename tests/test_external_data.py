@@ -11,8 +11,9 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from tests.test_backend_onnxruntime import exported_bundle, random_conditions  # noqa: E402
-from tr0n_rt.backends import onnxruntime as ort_backend  # noqa: E402
-from tr0n_rt.backends.onnxruntime import OrtBackend, onnx_io  # noqa: E402
+from tr0n_rt.backends import ort_cache  # noqa: E402
+from tr0n_rt.backends.onnx_reader import onnx_io  # noqa: E402
+from tr0n_rt.backends.onnxruntime import OrtBackend  # noqa: E402
 from tr0n_rt.bundle import file_entry, load_bundle  # noqa: E402
 from tr0n_rt.errors import BundleError  # noqa: E402
 from tr0n_rt.sampler import Sampler  # noqa: E402
@@ -65,7 +66,7 @@ def test_images_equal_those_of_the_single_file_bundle(external_bundle, single_fi
 
 
 def test_large_optimised_graphs_are_cached_with_their_weights(external_bundle, tmp_path, monkeypatch):
-    monkeypatch.setattr(ort_backend, "CACHE_INLINE_BYTES", 0)  # every graph is "large"
+    monkeypatch.setattr(ort_cache, "CACHE_INLINE_BYTES", 0)  # every graph is "large"
     cache, c, cfg = tmp_path / "cache", random_conditions(2, 16), SamplingConfig(steps=3, copies=2)
     first = OrtBackend.open(external_bundle, cache_dir=cache)
     a = Sampler(first).sample(c, [0, 1], cfg)

@@ -19,10 +19,10 @@ from tr0n_rt.backends import cuda as cuda_mod  # noqa: E402
 from tr0n_rt.backends import tensorrt as trt_mod  # noqa: E402
 from tr0n_rt.backends.cuda import HostArrays  # noqa: E402
 from tr0n_rt.backends.onnxruntime import OrtBackend  # noqa: E402
-from tr0n_rt.backends.tensorrt import (  # noqa: E402
-    TrtBackend, check_engine_compatible, choose_step_path, select_profile, sm_name,
-)
+from tr0n_rt.backends.tensorrt import TrtBackend, choose_step_path  # noqa: E402
 from tr0n_rt.bundle import Bundle, load_bundle  # noqa: E402
+from tr0n_rt.engine_profiles import select_profile  # noqa: E402
+from tr0n_rt.engine_stamp import check_engine_compatible, sm_name  # noqa: E402
 from tr0n_rt.errors import BackendError, BundleError, ConfigError  # noqa: E402
 from tr0n_rt.export import engines as engines_mod  # noqa: E402
 from tr0n_rt.export.engines import (  # noqa: E402
@@ -429,7 +429,11 @@ def test_samples_equal_onnxruntime_with_padding_and_graph_replay(fake_trt, bundl
     graphs = [(g["batch"], g["components"], g["captures"], g["replays"]) for g in stats["graphs"]]
     assert graphs == [(4, 1, 2, 4), (4, 3, 2, 4)]
     assert stats["state_copies"] == 2 and stats["eager_steps"] == 0
-    assert be.fp16_fallbacks == 0
+    assert be.fp16_fallbacks == (0 if precision == "fp16" else None)  # None: float32 engines have no guard
+    assert be.graph_sources == {g: f"{g}.{precision}.plan" for g in be.bundle.manifest["graphs"]}
+    assert be.load("step") is None and be.load("generator") is None  # loaded at open: nothing left to do
+    with pytest.raises(BackendError, match=f"has no {precision} engine for graph 'judge'"):
+        be.load("judge")
     # one shared block of device memory, as large as the largest engine needs
     assert be.scratch.nbytes == max(e.memory_size for e in be.engines.values())
 
@@ -508,6 +512,8 @@ def test_a_step_without_engine_runs_in_torch_beside_the_forward_engines(fake_trt
     b = Sampler(OrtBackend.open(bundle_copy, cache_dir=tmp_path)).sample(c, [0, 1, 2], cfg)
     np.testing.assert_allclose(a.images, b.images, atol=1e-4)
     assert {g for g, _ in fake_trt.executed} == {"translator", "energy", "generator"}
+    assert be.graph_sources["step"] == "torch" and be.graph_sources["generator"] == "generator.fp32.plan"
+    assert be.fp16_fallbacks is None and be.load("step") is None
 
 
 def test_engines_for_another_gpu_or_graph_are_refused_before_loading(fake_trt, bundle_copy, monkeypatch):

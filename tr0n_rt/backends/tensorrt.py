@@ -1,16 +1,21 @@
 """The TensorRT backend: a bundle's engines (built by `tr0n-rt build`, export/engines.py), with the
 Langevin step replayed from CUDA graphs. Imports no torch and no TensorRT at module level.
 
-Life cycle: open (manifest and checksums; every engine's stamp checked against this GPU and TensorRT
-before anything is deserialised) -> load (each engine deserialised once; one execution context per
-profile and graph slot, all sharing ONE device-memory block sized to the largest engine) -> run.
+Life cycle of one engine (`Engine`): load (its stamp already checked against this platform, GPU and
+TensorRT, engine_stamp.py; the plan deserialised from the bytes verified against the manifest, its
+IO checked) -> activate (the device-memory block its execution contexts run in, shared by every
+engine: graphs run one at a time; one context per profile and graph slot, made on first use) ->
+allocate_buffers (a profile's input and output buffers) -> infer (inputs in, one enqueue, outputs
+out). The backend: open (stamps checked, every engine loaded) -> activate all on ONE block sized to
+the largest engine -> run.
 
-Engines have static-batch profiles (min = opt = max). A batch between two built sizes is padded up to
-the next one; the padding rows are computed and dropped (every graph is per-sample).
+Engines have static-batch profiles (min = opt = max, engine_profiles.py). A batch between two built
+sizes is padded up to the next one; the padding rows are computed and dropped (every graph is per-sample).
 
-The step (see cuda.py, `StepGraphs`): two CUDA graphs per (batch, copies, components), ping-ponging the
-state between two buffer sets, captured after one warm-up enqueue. Translator, energy and generator run
-as plain enqueues (once per sample). Where the step has no engine (its build failed, or it was not
+The step (step_graphs.py, `StepGraphs`): two CUDA graphs per (batch, copies, components), ping-ponging
+the state between two buffer sets, captured after one warm-up enqueue (`Engine.bind` sets shapes and
+addresses outside the capture, its enqueue is what is captured). Translator, energy and generator run
+through `Engine.infer` (once per sample). Where the step has no engine (its build failed, or it was not
 built) and torch with CUDA is present, the step runs in torch inside a torch CUDA graph and the other
 graphs still run as engines ("torch-hybrid", `choose_step_path`).
 
@@ -21,21 +26,22 @@ graph) into the same buffers, and `fp16_fallbacks` counts how often.
 from __future__ import annotations
 
 import importlib.util
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..bundle import Bundle, graph_fingerprint, load_bundle
-from ..errors import BackendError, BundleError, ConfigError
-from .base import STATE_NAMES, Backend
-from .cuda import StepGraphs, open_device, pick_batch, put, shape_key
-from .onnxruntime import check_io, check_shape
+from ..bundle import Bundle, load_bundle
+from ..engine_profiles import concrete_shape, select_profile
+from ..engine_stamp import REBUILD, check_engine_compatible, check_engine_source
+from ..errors import BackendError, ConfigError
+from ..graphs import DYNAMIC_AXES, STATE_NAMES
+from .base import Backend
+from .cuda import open_device, put
+from .io_contract import check_io, check_shape
+from .step_graphs import StepGraphs, shape_key
 
-AXES = ("batch", "copies", "components")
 STEP_STATE = {n: f"{n}_next" for n in STATE_NAMES}
-REBUILD = "rebuild with `tr0n-rt build {bundle}`"
 
 
 def import_tensorrt():
@@ -49,112 +55,6 @@ def import_tensorrt():
 
 def tensorrt_available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
-
-
-# --- stamps: what an engine was built for, and whether it runs here --------------------------------------
-
-
-def parse_version(version: str) -> tuple[int, ...]:
-    """'10.3.0.26' -> (10, 3, 0, 26); non-numeric tails ('10.8.0.post1') are dropped."""
-    parts = []
-    for p in str(version).split("."):
-        m = re.match(r"\d+", p)
-        if not m:
-            break
-        parts.append(int(m.group()))
-    if not parts:
-        raise ConfigError(f"not a TensorRT version: {version!r}")
-    return tuple(parts)
-
-
-def sm_name(cc) -> str:
-    """A compute capability as 'sm_XY': from 'sm_90', '9.0', (9, 0) or 90."""
-    if isinstance(cc, (tuple, list)) and len(cc) == 2:
-        return f"sm_{int(cc[0])}{int(cc[1])}"
-    s = str(cc).strip().lower().removeprefix("sm_").removeprefix("sm")
-    if re.fullmatch(r"\d+\.\d", s):
-        major, minor = s.split(".")
-        return f"sm_{major}{minor}"
-    if re.fullmatch(r"\d{2,3}", s):
-        return f"sm_{s}"
-    raise ConfigError(f"not a compute capability: {cc!r} (expected e.g. 'sm_87', '8.7' or (8, 7))")
-
-
-def sm_number(cc) -> int:
-    """'sm_87' -> 87, 'sm_100' -> 100."""
-    return int(sm_name(cc)[3:])
-
-
-def short_version(version: str) -> str:
-    return ".".join(map(str, parse_version(version)[:2]))
-
-
-def check_engine_compatible(stamp: dict, trt_version: str, gpu_name: str, compute_capability,
-                            bundle: str | Path = "BUNDLE") -> None:
-    """BackendError unless an engine stamped `stamp` can be deserialised by this TensorRT on this GPU.
-
-    Default engines run only on the compute capability they were built for, with the TensorRT version
-    (major.minor.patch) that built them. Hardware-compatible engines (Ampere+) run on any GPU of sm_80
-    or newer; version-compatible ones on the same or a newer TensorRT of the same major version."""
-    if "failed" in stamp:
-        raise BackendError(f"the {stamp.get('precision', '')} engine of this graph failed to build "
-                           f"({stamp['failed']}); {REBUILD.format(bundle=bundle)}")
-    built_sm, here_sm = sm_name(stamp["compute_capability"]), sm_name(compute_capability)
-    built_v, here_v = parse_version(stamp["tensorrt"]), parse_version(trt_version)
-    what = f"engine built for {built_sm} with TensorRT {short_version(stamp['tensorrt'])}"
-    how = REBUILD.format(bundle=bundle)
-    if stamp.get("hardware_compatible"):
-        if sm_number(here_sm) < 80:
-            raise BackendError(f"{what} (hardware-compatible, Ampere or newer); this GPU ({gpu_name}) is {here_sm}: "
-                               f"{how}")
-    elif built_sm != here_sm:
-        raise BackendError(f"{what}; this GPU ({gpu_name}) is {here_sm}: {how}")
-    if stamp.get("version_compatible"):
-        if here_v[0] != built_v[0] or here_v[:3] < built_v[:3]:
-            raise BackendError(f"{what} (version-compatible within TensorRT {built_v[0]}.x, from "
-                               f"{'.'.join(map(str, built_v[:3]))}); this is TensorRT {trt_version}: {how}")
-    elif here_v[:3] != built_v[:3]:
-        raise BackendError(f"{what}; this is TensorRT {short_version(trt_version)} ({trt_version}): {how}")
-
-
-def check_engine_source(bundle: Bundle, graph: str, stamp: dict) -> None:
-    """BackendError if the engine was built from another version of the graph than the bundle's own."""
-    source = stamp.get("source", {})
-    files = bundle.manifest["graphs"][graph]["files"]
-    current = graph_fingerprint(bundle.manifest, source.get("file", ""))
-    if source.get("file") not in files.values() or current != source.get("sha256"):
-        raise BackendError(f"the {graph} engine was built from a different {source.get('file', 'graph')} than the "
-                           f"bundle now holds (re-exported since?); {REBUILD.format(bundle=bundle.folder)}")
-
-
-def concrete_shape(dims: list, sizes: dict) -> list[int]:
-    """Manifest dims (ints, or axis names) with the axes replaced by sizes[name]."""
-    out = []
-    for d in dims:
-        if isinstance(d, str):
-            if d not in sizes:
-                raise BundleError(f"dynamic axis {d!r} has no size (known: {', '.join(sizes) or '-'}); "
-                                  f"the engines know the axes {', '.join(AXES)}")
-            out.append(int(sizes[d]))
-        else:
-            out.append(int(d))
-    return out
-
-
-def select_profile(stamp: dict, batch: int, copies: int | None = None, components: int | None = None,
-                   bundle: str | Path = "BUNDLE") -> tuple[int, dict]:
-    """(profile index, profile) for a call: the profile whose copies and components are the call's and
-    whose batch is the smallest >= batch (the call is padded up to it)."""
-    want = {"copies": copies, "components": components}
-    fits = [(i, p) for i, p in enumerate(stamp["profiles"])
-            if all(p.get(a) is None or want[a] is None or p[a] == want[a] for a in want)]
-    if not fits:
-        built = sorted({tuple((a, p.get(a)) for a in want if p.get(a) is not None) for p in stamp["profiles"]})
-        asked = ", ".join(f"{a}={v}" for a, v in want.items() if v is not None)
-        raise BackendError(f"no engine profile for {asked} (built: {built}); rebuild with "
-                           f"`tr0n-rt build {bundle} --copies A --components K` for the sampling you use")
-    b = pick_batch(batch, {p["batch"] for _, p in fits})
-    return next((i, p) for i, p in fits if p["batch"] == b)
 
 
 # --- which engine runs the step ---------------------------------------------------------------------------
@@ -216,32 +116,51 @@ def engine_io(trt, engine) -> tuple[dict, dict]:
 
 
 class Engine:
-    """A deserialised engine and its execution contexts, one per (profile, slot), none owning memory."""
+    """One graph's engine through its life cycle: load -> activate -> allocate_buffers -> infer (module
+    docstring). The step's engine stops at activate: StepGraphs owns its buffers and captures `bind`."""
 
-    def __init__(self, trt, runtime, bundle: Bundle, graph: str, stamp: dict):
-        self.trt, self.graph, self.stamp = trt, graph, stamp
-        path = bundle.folder / stamp["file"]
-        plan = bundle.read_verified(stamp["file"])  # listed in the manifest, and checked as read
-        if stamp.get("version_compatible"):
+    def __init__(self, trt, bundle: Bundle, graph: str, stamp: dict):
+        self.trt, self.bundle, self.graph, self.stamp = trt, bundle, graph, stamp
+        self.engine = None  # the deserialised ICudaEngine, from load()
+        self.inputs: dict = {}  # name -> (dtype, shape) as the engine declares them
+        self.outputs: dict = {}
+        self.memory = None  # (pointer, bytes) of the shared device-memory block, from activate()
+        self.contexts: dict = {}  # (profile, slot) -> execution context
+        self.buffers: dict = {}  # profile index -> {tensor: buffer}
+
+    def load(self, runtime) -> None:
+        """Deserialises the plan (the bytes read and checked against the manifest's sha256) and checks
+        its IO against the manifest; once."""
+        if self.engine is not None:
+            return
+        trt, bundle = self.trt, self.bundle
+        path = bundle.folder / self.stamp["file"]
+        plan = bundle.read_verified(self.stamp["file"])  # listed in the manifest, and checked as read
+        if self.stamp.get("version_compatible"):
             runtime.engine_host_code_allowed = True  # version-compatible plans carry their lean runtime
         try:
-            self.engine = runtime.deserialize_cuda_engine(plan)
+            engine = runtime.deserialize_cuda_engine(plan)
         except Exception:  # some versions raise instead of returning None
-            self.engine = None
-        if self.engine is None:
+            engine = None
+        if engine is None:
             raise BackendError(f"TensorRT {trt.__version__} could not deserialise {path}; "
                                f"{REBUILD.format(bundle=bundle.folder)}")
-        self.inputs, self.outputs = engine_io(trt, self.engine)
-        check_io(bundle, graph, path, self.inputs, self.outputs)
-        self.contexts: dict = {}
-        self.memory = None  # (pointer, size) of the shared block, set by the backend
+        self.inputs, self.outputs = engine_io(trt, engine)
+        check_io(bundle, self.graph, path, self.inputs, self.outputs)
+        self.engine = engine
 
     @property
     def memory_size(self) -> int:
+        """Bytes of device memory an execution context of this engine needs."""
         e = self.engine
         return int(e.device_memory_size_v2 if hasattr(e, "device_memory_size_v2") else e.device_memory_size)
 
+    def activate(self, memory: tuple[int, int]) -> None:
+        """memory: (pointer, bytes >= memory_size), the block every execution context of this engine runs in."""
+        self.memory = memory
+
     def context(self, profile: int, slot: int, stream: int):
+        """The execution context of (profile, slot) on the activated memory, made on first use."""
         key = (profile, slot)
         if key not in self.contexts:
             trt, ptr, size = self.trt, *self.memory
@@ -257,6 +176,17 @@ class Engine:
                 raise BackendError(f"{self.graph} engine: cannot select optimisation profile {profile}")
             self.contexts[key] = ctx
         return self.contexts[key]
+
+    def buffer_specs(self, sizes: dict) -> dict:
+        """{tensor: (shape, dtype)} of every input and output at these axis sizes (the manifest's dims)."""
+        ins, outs = self.bundle.io(self.graph)
+        return {n: (concrete_shape(s["shape"], sizes), s["dtype"]) for n, s in {**ins, **outs}.items()}
+
+    def allocate_buffers(self, device, profile: int, sizes: dict) -> dict:
+        """{tensor: buffer} of profile `profile`, allocated on first use at `sizes` (its static shapes)."""
+        if profile not in self.buffers:
+            self.buffers[profile] = {n: device.empty(*spec) for n, spec in self.buffer_specs(sizes).items()}
+        return self.buffers[profile]
 
     def bind(self, device, profile: int, slot: int, bindings: dict):
         """Sets shapes and addresses of context (profile, slot) to `bindings`; returns enqueue()."""
@@ -276,6 +206,27 @@ class Engine:
                 raise BackendError(f"TensorRT failed to enqueue the {self.graph} engine")
         return enqueue
 
+    def infer(self, device, inputs: dict) -> dict:
+        """One run: the call's profile (batch padded up to it), the inputs copied into its buffers, one
+        enqueue, the outputs' real rows cloned (they outlive the next call)."""
+        ins, outs = self.bundle.io(self.graph)
+        sizes = {}  # the call's size of each dynamic axis, read off the inputs and the manifest's dims
+        for n, spec in ins.items():
+            for d, s in zip(spec["shape"], _shape(inputs[n])):
+                if isinstance(d, str):
+                    sizes[d] = int(s)
+        rows = sizes.get("batch", 1)
+        index, profile = select_profile(self.stamp, rows, sizes.get("copies"), sizes.get("components"),
+                                        self.bundle.folder)
+        padded = {**sizes, **{a: profile[a] for a in DYNAMIC_AXES if profile.get(a) is not None}}
+        bufs = self.allocate_buffers(device, index, padded)
+        real = {n: device.rows(b, rows) if {**ins, **outs}[n]["shape"][:1] == ["batch"] else b
+                for n, b in bufs.items()}
+        for n in ins:
+            put(device, real[n], inputs[n])
+        self.bind(device, index, 0, bufs)()
+        return {n: device.clone(real[n]) for n in outs}
+
 
 # --- the backend ------------------------------------------------------------------------------------------
 
@@ -293,13 +244,13 @@ class TrtBackend(Backend):
         size = max([e.memory_size for e in everything] + [1])
         self.scratch = device.empty((size,), "uint8")  # one block for every context: graphs run one at a time
         for e in everything:
-            e.memory = (device.ptr(self.scratch), size)
-        self.buffers: dict = {}  # (graph, profile) -> {tensor: buffer}, for the forward graphs
+            e.activate((device.ptr(self.scratch), size))
         self.step = None
+        self.fp16_guard = fp16_guard and precision == "fp16" and "step" in engines
         if "step" in engines:
             inputs, outputs = bundle.io("step")
             batched = {n for n, s in {**inputs, **outputs}.items() if s["shape"][:1] == ["batch"]}
-            guard = fp16_guard and precision == "fp16"
+            guard = self.fp16_guard
             fixed = tuple(n for n in inputs if n not in STEP_STATE)  # condition, noise, hparams (, aesthetic_weight)
             self.step = StepGraphs(device, STEP_STATE, fixed, ("energy",), batched,
                                    prepare=self._prepare_step, alloc=self._step_specs, use_graphs=cuda_graphs,
@@ -310,7 +261,8 @@ class TrtBackend(Backend):
     @classmethod
     def open(cls, bundle_dir, precision: str = "fp16", device: str = "cuda", cuda_graphs: bool = True,
              fp16_guard: bool = True, device_kind: str = "auto") -> "TrtBackend":
-        """Opens a bundle's engines for `precision`; device: "cuda" or "cuda:N"."""
+        """Opens a bundle's engines for `precision` (every stamp checked, then every engine loaded);
+        device: "cuda" or "cuda:N"."""
         kind, _, index = device.partition(":")
         if kind != "cuda" or not (index == "" or index.isdigit()):
             raise ConfigError(f"the TensorRT backend runs on CUDA devices; got device {device!r} (use cuda or cuda:N)")
@@ -339,12 +291,15 @@ class TrtBackend(Backend):
         # The torch step hands torch tensors to the engines: buffers must then be torch's too.
         dev = open_device("torch" if path.kind == "torch-hybrid" else device_kind, device_id)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        engines = {g: Engine(trt, runtime, bundle, g, s) for g, s in usable.items()}
+        engines = {g: Engine(trt, bundle, g, s) for g, s in usable.items()}
+        for engine in engines.values():
+            engine.load(runtime)
         fp32 = None
         step32 = stamps.get("step", {}).get("fp32")
         if precision == "fp16" and fp16_guard and path.kind == "tensorrt" and step32 and "failed" not in step32:
             check_engine_compatible(step32, trt.__version__, *gpu, bundle=bundle.folder)
-            fp32 = Engine(trt, runtime, bundle, "step", step32)
+            fp32 = Engine(trt, bundle, "step", step32)
+            fp32.load(runtime)
         torch_step = None
         if path.kind == "torch-hybrid":
             engines.pop("step", None)
@@ -352,6 +307,21 @@ class TrtBackend(Backend):
 
             torch_step = TorchBackend.open(bundle.folder, device=f"cuda:{device_id}", cuda_graphs=cuda_graphs)
         return cls(bundle, engines, dev, path, precision, cuda_graphs, fp16_guard, fp32, torch_step)
+
+    def load(self, graph: str) -> None:
+        """Engines are loaded and activated at open: this checks that the graph has one (a step run in
+        torch, torch-hybrid, is prepared by the torch backend)."""
+        if graph == "step" and self.torch_step is not None:
+            self.torch_step.load(graph)
+        else:
+            self._engine(graph)
+
+    def _engine(self, graph: str) -> Engine:
+        engine = self.engines.get(graph)
+        if engine is None:
+            raise BackendError(f"bundle {self.bundle.folder} has no {self.precision} engine for graph {graph!r}; "
+                               f"{REBUILD.format(bundle=self.bundle.folder)}")
+        return engine
 
     # --- running -------------------------------------------------------------------------------------
     def run(self, graph: str, inputs: dict) -> dict:
@@ -373,46 +343,13 @@ class TrtBackend(Backend):
             b, a, k = shape_key({n: _shape(inputs[n]) for n in ("means", "aug_noise")})
             profile, p = select_profile(self.engines["step"].stamp, b, a, k, self.bundle.folder)
             return self.step.run((p["batch"], a, k), inputs, rows=b)
-        return self._run_forward(graph, inputs)
-
-    def _sizes(self, graph: str, inputs: dict) -> dict:
-        """The call's size of each dynamic axis, read off the inputs and the manifest's dims."""
-        sizes = {}
-        for n, spec in self.bundle.io(graph)[0].items():
-            for d, s in zip(spec["shape"], _shape(inputs[n])):
-                if isinstance(d, str):
-                    sizes[d] = int(s)
-        return sizes
-
-    def _run_forward(self, graph: str, inputs: dict) -> dict:
-        engine = self.engines.get(graph)
-        if engine is None:
-            raise BackendError(f"bundle {self.bundle.folder} has no {self.precision} engine for graph {graph!r}; "
-                               f"{REBUILD.format(bundle=self.bundle.folder)}")
-        sizes = self._sizes(graph, inputs)
-        rows = sizes.get("batch", 1)
-        index, profile = select_profile(engine.stamp, rows, sizes.get("copies"), sizes.get("components"),
-                                        self.bundle.folder)
-        key = (graph, index)
-        ins, outs = self.bundle.io(graph)
-        padded = {**sizes, **{a: profile[a] for a in AXES if profile.get(a) is not None}}
-        if key not in self.buffers:
-            self.buffers[key] = {n: self.device.empty(concrete_shape(s["shape"], padded), s["dtype"])
-                                 for n, s in {**ins, **outs}.items()}
-        bufs = self.buffers[key]
-        real = {n: self.device.rows(b, rows) if {**ins, **outs}[n]["shape"][:1] == ["batch"] else b
-                for n, b in bufs.items()}
-        for n in ins:
-            put(self.device, real[n], inputs[n])
-        engine.bind(self.device, index, 0, bufs)()
-        return {n: self.device.clone(real[n]) for n in outs}
+        return self._engine(graph).infer(self.device, inputs)
 
     # --- the step's graphs ---------------------------------------------------------------------------
     def _step_specs(self, key) -> dict:
+        """{tensor: (shape, dtype)} of the step at key = (batch, copies, components)."""
         b, a, k = key
-        sizes = {"batch": b, "copies": a, "components": k}
-        ins, outs = self.bundle.io("step")
-        return {n: (concrete_shape(s["shape"], sizes), s["dtype"]) for n, s in {**ins, **outs}.items()}
+        return self.engines["step"].buffer_specs({"batch": b, "copies": a, "components": k})
 
     def _prepare_step(self, key, bindings: dict, slot: int, engine: Engine | None = None):
         engine = engine or self.engines["step"]
@@ -435,9 +372,18 @@ class TrtBackend(Backend):
 
     # --- what the sampler and benchmarks read ---------------------------------------------------------
     @property
-    def fp16_fallbacks(self) -> int:
-        """Steps whose FP16 result had a NaN/inf and were recomputed in float32 (since open)."""
-        return self.step.fallbacks if self.step is not None else 0
+    def fp16_fallbacks(self) -> int | None:
+        """Steps whose FP16 result had a NaN/inf and were recomputed in float32 (since open); None without
+        a guard (float32 engines, fp16_guard=False, or a step run in torch)."""
+        return self.step.fallbacks if self.fp16_guard else None
+
+    @property
+    def graph_sources(self) -> dict[str, str]:
+        """graph -> the plan file its engine was deserialised from ("torch": the step runs in torch)."""
+        out = {g: e.stamp["file"] for g, e in self.engines.items()}
+        if self.torch_step is not None:
+            out["step"] = "torch"
+        return out
 
     @property
     def graph_stats(self) -> dict:

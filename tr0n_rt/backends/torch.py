@@ -119,7 +119,8 @@ class TorchStepGraphs:
 
     def __init__(self, backend: TorchBackend, device=None):
         """device: where graphs are captured (cuda.TorchCuda for the backend's GPU; tests pass a recorder)."""
-        from .cuda import GraphStats, TorchCuda
+        from .cuda import TorchCuda
+        from .step_graphs import GraphStats
 
         self.backend = backend
         self.device = device or TorchCuda(str(backend.device))
@@ -151,7 +152,7 @@ class TorchStepGraphs:
     def run(self, t: dict) -> dict:
         """t: every step input as a tensor on the backend's device -> outputs; state outputs are the static
         state tensors (see the module docstring)."""
-        from .cuda import shape_key
+        from .step_graphs import shape_key
 
         key = shape_key({n: tuple(t[n].shape) for n in ("means", "aug_noise")})
         graph, static, energy = self.entries.get(key) or self.capture(key, t)
