@@ -15,6 +15,7 @@ import pytest
 ort = pytest.importorskip("onnxruntime")
 
 from tests.test_backend_onnxruntime import exported_bundle, random_conditions  # noqa: E402
+from tr0n_rt import engine_stamp as stamp_mod  # noqa: E402
 from tr0n_rt.backends import cuda as cuda_mod  # noqa: E402
 from tr0n_rt.backends import tensorrt as trt_mod  # noqa: E402
 from tr0n_rt.backends.cuda import HostArrays  # noqa: E402
@@ -22,7 +23,7 @@ from tr0n_rt.backends.onnxruntime import OrtBackend  # noqa: E402
 from tr0n_rt.backends.tensorrt import TrtBackend, choose_step_path  # noqa: E402
 from tr0n_rt.bundle import Bundle, load_bundle  # noqa: E402
 from tr0n_rt.engine_profiles import select_profile  # noqa: E402
-from tr0n_rt.engine_stamp import check_engine_compatible, sm_name  # noqa: E402
+from tr0n_rt.engine_stamp import EngineMismatch, check_engine_compatible, sm_name, this_platform  # noqa: E402
 from tr0n_rt.errors import BackendError, BundleError, ConfigError  # noqa: E402
 from tr0n_rt.export import engines as engines_mod  # noqa: E402
 from tr0n_rt.export.engines import (  # noqa: E402
@@ -46,7 +47,8 @@ def bundle_copy(text_bundle, tmp_path):
 
 def stamp(**kw):
     base = {"file": "step.fp16.plan", "precision": "fp16", "tensorrt": "10.3.0.26", "gpu": "Orin",
-            "compute_capability": "sm_87", "hardware_compatible": False, "version_compatible": False}
+            "compute_capability": "sm_87", "platform": this_platform(), "hardware_compatible": False,
+            "version_compatible": False}
     return {**base, **kw}
 
 
@@ -114,15 +116,54 @@ def test_compatible_engines_accept_newer_gpus_and_tensorrt():
         check_engine_compatible(hw, "10.3.0", "Tesla T4", "sm_75")
     vc = stamp(version_compatible=True)
     check_engine_compatible(vc, "10.8.0.43", "Orin", "sm_87")
-    with pytest.raises(BackendError, match=r"version-compatible within TensorRT 10\.x, from 10\.3\.0.*11\.0"):
-        check_engine_compatible(vc, "11.0.0", "Orin", "sm_87")
-    with pytest.raises(BackendError, match="from 10.3.0"):
+    with pytest.raises(BackendError, match="10.3.0 or a newer 10.x"):
         check_engine_compatible(vc, "10.2.1", "Orin", "sm_87")
     with pytest.raises(BackendError, match="failed to build.*ScatterND"):
         check_engine_compatible({"failed": "ScatterND unsupported", "precision": "fp16"}, "10.3.0", "Orin", "sm_87")
     assert sm_name("sm_100") == "sm_100" and sm_name(87) == "sm_87" and sm_name((12, 0)) == "sm_120"
     with pytest.raises(ConfigError, match="not a compute capability"):
         sm_name("ampere")
+
+
+def test_version_compatible_engines_follow_tensorrts_documented_rule():
+    """TensorRT 11.1 "Engine Compatibility", 11.4 support matrix "Engine Portability": a version-compatible
+    plan runs on the TensorRT that built it or a newer one of its major, and across majors only 10.x ->
+    11.x and 8.x -> 10.x; never on an older TensorRT. A default plan runs on its exact version only."""
+    ten = stamp(version_compatible=True)  # built with 10.3.0.26
+    for here in ("10.3.0.1", "10.16.1.11", "11.0.0.5", "11.4.1"):
+        check_engine_compatible(ten, here, "Orin", "sm_87")
+    for here in ("10.2.1", "12.0.0", "9.2.0"):
+        rule = r"version-compatible: runs on TensorRT 10\.3\.0 or a newer 10\.x and on any TensorRT 11\.x\)"
+        with pytest.raises(EngineMismatch, match=rf"{rule}; this is TensorRT {here}: rebuild with"):
+            check_engine_compatible(ten, here, "Orin", "sm_87")
+    eleven = stamp(version_compatible=True, tensorrt="11.0.0.5")
+    check_engine_compatible(eleven, "11.1.0", "Orin", "sm_87")
+    for here in ("10.16.1", "12.0.0"):  # no newer-to-older, and no documented 11 -> 12
+        with pytest.raises(EngineMismatch, match=r"runs on TensorRT 11\.0\.0 or a newer 11\.x\); this is"):
+            check_engine_compatible(eleven, here, "Orin", "sm_87")
+    eight = stamp(version_compatible=True, tensorrt="8.6.1.6")
+    check_engine_compatible(eight, "10.0.1", "Orin", "sm_87")
+    for here in ("9.2.0", "11.0.0"):  # 8.x plans skip 9, and never reach 11
+        with pytest.raises(EngineMismatch, match="and on any TensorRT 10.x"):
+            check_engine_compatible(eight, here, "Orin", "sm_87")
+    with pytest.raises(EngineMismatch, match=r"this is TensorRT 11\.0 \(11\.0\.0\)"):
+        check_engine_compatible(stamp(), "11.0.0", "Orin", "sm_87")  # not version-compatible: exact version
+
+
+def test_plans_run_only_on_the_platform_that_built_them():
+    arm = stamp(platform="Linux-aarch64")
+    check_engine_compatible(arm, "10.3.0.26", "Orin", "sm_87", here_platform="Linux-aarch64")
+    with pytest.raises(EngineMismatch, match=r"^engine built for sm_87 with TensorRT 10\.3 on Linux-aarch64; "
+                                             r"this machine is Linux-x86_64, .*: rebuild with "
+                                             r"`tr0n-rt build engines/shapes`$"):
+        check_engine_compatible(arm, "10.3.0.26", "Orin", "sm_87", bundle="engines/shapes",
+                                here_platform="Linux-x86_64")
+    old = stamp()
+    del old["platform"]  # stamped before the platform was recorded
+    with pytest.raises(EngineMismatch, match=r"records no platform .* this Linux-aarch64: rebuild with `tr0n-rt build"):
+        check_engine_compatible(old, "10.3.0.26", "Orin", "sm_87", here_platform="Linux-aarch64")
+    assert issubclass(EngineMismatch, BackendError)
+    assert this_platform().count("-") >= 1 and this_platform().split("-")[0]
 
 
 def test_profile_selection_pads_the_batch_up():
@@ -331,6 +372,7 @@ def test_build_writes_plans_and_stamps_them_into_the_manifest(fake_trt, bundle_c
     assert s["file"] == "step.fp16.plan"
     assert m["files"]["step.fp16.plan"] == {"sha256": s["sha256"], "bytes": s["bytes"]}
     assert (s["gpu"], s["compute_capability"], s["tensorrt"]) == ("Fake GPU", "sm_90", "10.3.0.26")
+    assert s["platform"] == this_platform()
     assert [(p["batch"], p["components"]) for p in s["profiles"]] == [(1, 1), (1, 3), (4, 1), (4, 3)]
     assert s["builder"]["workspace_mib"] == 512 and s["builder"]["strongly_typed"] and s["precision"] == "fp16"
     assert s["source"] == {"file": "step.fp16.onnx", "sha256": before["files"]["step.fp16.onnx"]["sha256"]}
@@ -354,6 +396,7 @@ def test_a_failed_build_is_recorded_or_raised(fake_trt, bundle_copy):
     assert "unsupported op" in out["failed"]["step"]
     m = load_bundle(bundle_copy).manifest
     assert "failed" in m["engines"]["step"]["fp16"] and "step.fp16.plan" not in m["files"]
+    assert m["engines"]["step"]["fp16"]["platform"] == this_platform()
     assert choose_step_path(load_bundle(bundle_copy), True, m["engines"]).kind == "onnxruntime"  # no torch here
 
 
@@ -522,6 +565,10 @@ def test_engines_for_another_gpu_or_graph_are_refused_before_loading(fake_trt, b
         m.setattr(cuda_mod, "current_gpu", lambda device_id=0: ("Orin", "sm_87"))
         with pytest.raises(BackendError, match=r"engine built for sm_90 with TensorRT 10\.3; this GPU \(Orin\) is "
                                                f"sm_87: rebuild with `tr0n-rt build {bundle_copy}`"):
+            TrtBackend.open(bundle_copy)
+    with monkeypatch.context() as m:
+        m.setattr(stamp_mod, "this_platform", lambda: "Linux-aarch64")
+        with pytest.raises(EngineMismatch, match=f"this machine is Linux-aarch64, .*`tr0n-rt build {bundle_copy}`"):
             TrtBackend.open(bundle_copy)
     with monkeypatch.context() as m:
         m.setattr(fake_trt, "__version__", "10.4.0.1")
