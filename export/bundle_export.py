@@ -26,9 +26,10 @@ from tr0n_rt.graphs import GraphSpec, graph_parts
 
 from . import fp16 as fp16_mod
 from .graphs import export_graph, graph_specs
-from .onnx_fixes import (conv_grads_as_conv, expanded_weight_reads, fold_expanded_weights, pool_grads_as_resize,
-                         scatter_gather_nd, vendor_ops)
+from .onnx_fixes import (conv_grads_as_conv, decompose_layer_norms, expanded_weight_reads, fold_expanded_weights,
+                         outputs_from_nodes, pool_grads_as_resize, scatter_gather_nd)
 from .pipeline import TorchPipeline
+from .trt_ops import file_problems, unsupported_ops
 from .validate import ValidationError, validate_fp16, validate_fp32
 
 OPSET = 18
@@ -218,7 +219,8 @@ def _export_graphs(p: TorchPipeline, stage: Path, graphs, fp16: bool, validate: 
         model = onnx.load(str(path))  # with its weights (written beside it by the exporter)
         folded = fold_expanded_weights(model)
         convs, pools = conv_grads_as_conv(model), pool_grads_as_resize(model)
-        problems = (expanded_weight_reads(model) + vendor_ops(model)
+        norms, routed = decompose_layer_norms(model), outputs_from_nodes(model)
+        problems = (expanded_weight_reads(model) + unsupported_ops(model)
                     + scatter_gather_nd(model, allow_gather=spec.name == "text_encoder"))
         if problems:
             raise ValidationError(f"{spec.name}: graph has ops TensorRT/ORT handle badly: {problems[:5]}")
@@ -226,7 +228,7 @@ def _export_graphs(p: TorchPipeline, stage: Path, graphs, fp16: bool, validate: 
                  "outputs": tensor_specs(model.graph.output)}
         check_dynamic_axes(spec, entry["inputs"])
         info = {"export_seconds": None, "expanded_weights_folded": folded, "conv_grads_as_conv": convs,
-                "pool_grads_as_resize": pools}
+                "pool_grads_as_resize": pools, "layer_norms_decomposed": norms, "outputs_through_identity": routed}
         path16 = stage / f"{spec.name}.fp16.onnx"
         model16 = fp16_mod.to_fp16(model) if fp16 else None  # before save_graph may move the weights out
         written = save_graph(model, path, external_data_threshold)
@@ -236,6 +238,12 @@ def _export_graphs(p: TorchPipeline, stage: Path, graphs, fp16: bool, validate: 
             entry["files"]["fp16"] = path16.name
             del model16
         files.update({f.name: file_entry(f) for f in written})
+        for f in [path] + ([path16] if fp16 else []):
+            not_ready = file_problems(f)
+            if not_ready:
+                raise ValidationError(f"{f.name}: TensorRT's ONNX parser would refuse it ({len(not_ready)} problems): "
+                                      f"{'; '.join(not_ready[:5])}. This is an export fault: fix the graph in "
+                                      "export/onnx_fixes.py or export/fp16.py (the table: export/trt_ops.py)")
         if validate:
             info["fp32"] = validate_fp32(p, spec, path)
             if fp16:

@@ -4,6 +4,7 @@ TensorRT 11 builds only strongly typed networks, so precision must be in the gra
 float32: normalisation and softmax (FP16 LayerNorm/softmax overflow is a known TensorRT failure),
 reductions, exp/log/pow/sqrt, everything computed from the optimizer state (Adam's second moment
 ~1e-12 underflows in FP16), i.e. every node reachable from the step graph's state and hparams inputs,
+the nodes export/onnx_fixes.py named with FLOAT32_TAG (the layer norms it decomposed),
 and the augmentation parameters computed from aug_noise alone (shifts, crop sizes and cutout squares
 are floor()s of it: rounded to FP16 they pick other pixels, and the gradient cosine fell to 0.9975).
 
@@ -24,6 +25,8 @@ import heapq
 
 import onnx
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+from .onnx_fixes import FLOAT32_TAG, infer_shapes, outputs_from_nodes, remove_unused_initializers
 
 FP32_OPS = ["LayerNormalization", "BatchNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum",
             "ReduceMax", "ReduceL2", "Sqrt", "Pow", "Exp", "Log", "Erf", "Reciprocal", "Div"]
@@ -163,22 +166,26 @@ def topological_sort(model: onnx.ModelProto) -> None:
     model.graph.node.extend(nodes[i] for i in order)
 
 
-def infer_shapes(model: onnx.ModelProto) -> None:
-    """Sets model.graph.value_info to the inferred types and shapes. onnx's in-memory inference
-    serializes the whole model (a second copy of every weight, and impossible past protobuf's 2 GB), so
-    it runs on a skeleton whose large initializers keep only their name, type and shape."""
-    skeleton = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
-                               functions=model.functions)
-    g = skeleton.graph
-    g.name = model.graph.name
-    for field in ("node", "input", "output", "value_info"):
-        getattr(g, field).extend(getattr(model.graph, field))
-    for t in model.graph.initializer:  # small ones (shapes, indices) may be read by the inference
-        g.initializer.append(t if t.ByteSize() <= 1024 else
-                             onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims))
-    inferred = onnx.shape_inference.infer_shapes(skeleton)
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(inferred.graph.value_info)
+def square_decomposed_norms(model: onnx.ModelProto) -> int:
+    """Pow(d, 2) -> Mul(d, d) in the layer norms onnx_fixes.decompose_layer_norms wrote (the same float32
+    value); returns how many. ONNX Runtime's LayerNormFusion (1.32) fuses the Pow form into a
+    LayerNormalization even when its input is a Cast from FP16: the fused node reads the FP16 tensor with
+    the float32 scale and bias, and the session refuses to load (mixed types). The Mul form is not fused;
+    the float32 graphs keep the Pow form, which ONNX Runtime fuses correctly there."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    constants = {t.name: t for t in model.graph.initializer}
+    squared = 0
+    for n in model.graph.node:
+        if n.op_type != "Pow" or FLOAT32_TAG not in n.name or producer.get(n.input[1]) is not None:
+            continue
+        exponent = constants.get(n.input[1])
+        if exponent is not None and onnx.numpy_helper.to_array(exponent).size == 1 \
+                and float(onnx.numpy_helper.to_array(exponent)) == 2.0:
+            n.op_type, n.input[1] = "Mul", n.input[0]
+            squared += 1
+    if squared:
+        remove_unused_initializers(model)
+    return squared
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -189,22 +196,22 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         if not node.name:
             node.name = f"node_{i}"
     # An output that is a folded constant (the translator's std) would be defined twice once the
-    # converter casts it: route it through an Identity.
-    for out in model.graph.output:
-        for init in model.graph.initializer:
-            if init.name == out.name:
-                init.name = f"{out.name}_constant"
-                model.graph.node.append(onnx.helper.make_node("Identity", [init.name], [out.name],
-                                                              name=f"{out.name}_identity"))
+    # converter casts it (export_bundle has routed it already; a graph from elsewhere may not have)
+    outputs_from_nodes(model)
+    square_decomposed_norms(model)
     inputs = {i.name for i in model.graph.input}
     data = inputs - set(OPTIMIZER_INPUTS) - set(NOISE_INPUTS)
     noise_only = set(reachable_nodes(model, inputs & set(NOISE_INPUTS))) - set(reachable_nodes(model, data))
     blocked = set(reachable_nodes(model, inputs & set(OPTIMIZER_INPUTS))) | noise_only
     blocked |= set(light_input_functions(model))
+    blocked |= {n.name for n in model.graph.node if FLOAT32_TAG in n.name}  # decomposed normalisations
     infer_shapes(model)
     blocked |= set(float32_between(model, blocked))
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS + DEFAULT_OP_BLOCK_LIST,
                                          node_block_list=sorted(blocked), disable_shape_infer=True)
     remove_round_trips(converted)
     topological_sort(converted)
+    # The converter's value_info is stale (initializers kept float32 are declared FLOAT16 there), which
+    # onnx.checker's full check and strict inference refuse: inferred again, strictly.
+    infer_shapes(converted, strict=True)
     return converted

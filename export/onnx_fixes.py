@@ -17,6 +17,24 @@ matmul broadcasts the weight with a stride-0 `expand` (free in eager). The trace
 `Expand`; ONNX Runtime's constant folding then materialises one copy per batch row (~10 GB for
 ViT-B-32's attention) and runs each projection as many vector-matrix products. MatMul broadcasts by
 itself, so MatMul(A, Expand(W)) == MatMul(A, W): fold_expanded_weights rewrites it.
+
+Layer normalisation: opset 18 exports torch's layer_norm as LayerNormalization. onnx-tensorrt's importer
+of TensorRT 10.1 (release/10.1-GA) calls INormalizationLayer::setComputePrecision on every such node, which
+a strongly typed network refuses (NvInfer.h of 10.1 and 10.3: "Strongly typed network rejects calls to this
+method"); the importer of the 10.6 era (commit 0137504e) skips the call in strongly typed networks; those of
+10.2 to 10.5, JetPack 6's 10.3 among them, could not be read. The engines here are all strongly typed, so
+decompose_layer_norms writes each node as primitive ops, which every 10.x and 11 parser takes, in the form
+ONNX Runtime's LayerNormFusion recognises (its sessions of the float32 graphs still run one fused kernel;
+FP16 graphs: fp16.square_decomposed_norms):
+    mean = ReduceMean(x, axes)            axes = [axis, ..., rank - 1], kept
+    d = x - mean
+    var = ReduceMean(Pow(d, 2), axes)
+    y = d / Sqrt(var + epsilon) * scale + bias
+Its nodes are named with FLOAT32_TAG: export/fp16.py keeps them in float32, as it kept LayerNormalization.
+
+Graph outputs: a folded constant output (the translators' std) is an initializer that no node produces;
+TensorRT's parser and some runtimes handle such outputs badly (an output that is weights, or the same
+name as an input). outputs_from_nodes routes each through an Identity.
 """
 from __future__ import annotations
 
@@ -25,6 +43,8 @@ import onnx
 from onnx import numpy_helper
 
 LINEAR_OPS = ("MatMul", "Gemm")
+# in a node's name: the node stays float32 in FP16 graphs (export/fp16.py)
+FLOAT32_TAG = "/keep_float32/"
 # ops that may compute a constant weight from initializers; dead ones go once their reader is rewritten
 CONSTANT_OPS = ("Constant", "Mul", "Div", "Transpose", "Reshape", "Cast", "Neg")
 
@@ -35,7 +55,7 @@ def _constants(model: onnx.ModelProto) -> set[str]:
     return names
 
 
-def _expanded_weight(model, name: str, producer: dict, consts: set):
+def _expanded_weight(name: str, producer: dict, consts: set):
     """If `name` is Expand(W) or Transpose(Expand(W)) of a constant 2-D W, with the transpose swapping
     only the last two axes, returns (W, transposed); else None. The backward of x @ expand(W) reads
     expand(W) transposed: the same trap in the gradient graph."""
@@ -55,7 +75,7 @@ def expanded_weight_reads(model: onnx.ModelProto) -> list[str]:
     consts = _constants(model)
     producer = {o: n for n in model.graph.node for o in n.output}
     return [node.name or node.output[0] for node in model.graph.node if node.op_type in LINEAR_OPS
-            and any(_expanded_weight(model, i, producer, consts) for i in node.input)]
+            and any(_expanded_weight(i, producer, consts) for i in node.input)]
 
 
 def fold_expanded_weights(model: onnx.ModelProto) -> int:
@@ -68,7 +88,7 @@ def fold_expanded_weights(model: onnx.ModelProto) -> int:
         if node.op_type != "MatMul":  # Gemm takes 2-D inputs only, so it never reads a broadcast
             continue
         for i, name in enumerate(node.input):
-            hit = _expanded_weight(model, name, producer, consts)
+            hit = _expanded_weight(name, producer, consts)
             if hit is None:
                 continue
             weight, transposed = hit
@@ -184,7 +204,7 @@ def conv_grads_as_conv(model: onnx.ModelProto) -> int:
         done += 1
     if done:
         _remove_dead(model, CONSTANT_OPS)
-        _remove_unused_initializers(model)
+        remove_unused_initializers(model)
     return done
 
 
@@ -227,11 +247,11 @@ def pool_grads_as_resize(model: onnx.ModelProto) -> int:
         del model.graph.node[:]
         model.graph.node.extend(nodes)
         _remove_dead(model, ("Constant",))
-        _remove_unused_initializers(model)
+        remove_unused_initializers(model)
     return rewritten
 
 
-def _remove_unused_initializers(model: onnx.ModelProto) -> None:
+def remove_unused_initializers(model: onnx.ModelProto) -> None:
     used = _names_read(model.graph) | {o.name for o in model.graph.output}
     keep = [i for i in model.graph.initializer if i.name in used]
     if len(keep) != len(model.graph.initializer):
@@ -267,6 +287,143 @@ def scatter_gather_nd(model: onnx.ModelProto, allow_gather: bool = False) -> lis
     return [n.name or n.op_type for n in model.graph.node if n.op_type in ops]
 
 
-def vendor_ops(model: onnx.ModelProto) -> list[str]:
-    """Nodes outside the standard ONNX domain (e.g. com.microsoft), which TensorRT cannot parse."""
-    return sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+def infer_shapes(model: onnx.ModelProto, strict: bool = False) -> None:
+    """Sets model.graph.value_info to the inferred types and shapes. onnx's in-memory inference
+    serializes the whole model (a second copy of every weight, and impossible past protobuf's 2 GB), so
+    it runs on a skeleton whose large initializers keep only their name, type and shape.
+    strict: type-checked, any inference error raised (as onnx.checker's full check does), and from the
+    graph alone: the existing value_info is not used (a stale entry, a type the graph no longer has,
+    would fail it); otherwise the existing value_info seeds the inference."""
+    skeleton = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
+                               functions=model.functions)
+    g = skeleton.graph
+    g.name = model.graph.name
+    for field in ("node", "input", "output") + (() if strict else ("value_info",)):
+        getattr(g, field).extend(getattr(model.graph, field))
+    for t in model.graph.initializer:  # small ones (shapes, indices) may be read by the inference
+        g.initializer.append(t if t.ByteSize() <= 1024 else
+                             onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims))
+    inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=strict, strict_mode=strict)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+
+
+def value_types(model: onnx.ModelProto) -> dict[str, int]:
+    """value name -> ONNX element type, from graph inputs and outputs, value_info, initializers and
+    Constant nodes (run infer_shapes first for the values inside the graph)."""
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info)}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            types[n.output[0]] = n.attribute[0].t.data_type
+    return types
+
+
+def _unique_name(base: str, taken: set[str]) -> str:
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
+
+
+def outputs_from_nodes(model: onnx.ModelProto) -> int:
+    """Routes every graph output that no node computes (an initializer) or that a Constant node holds
+    through an Identity, so that each output is computed by a node; returns how many. The output keeps
+    its name; the constant is renamed."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    initializers = {t.name: t for t in model.graph.initializer}
+    taken = set(initializers) | set(producer) | {i.name for i in model.graph.input} | _names_read(model.graph)
+    taken |= {o.name for o in model.graph.output}
+    routed = 0
+    inputs = {i.name for i in model.graph.input}
+    for out in model.graph.output:
+        src = producer.get(out.name)
+        if out.name in inputs:  # an input passed through (or an overridable initializer): left to the checks
+            continue
+        if out.name in initializers and src is None:
+            const = _unique_name(f"{out.name}_constant", taken)
+            initializers[out.name].name = const
+            for n in model.graph.node:  # other readers of the constant read it under its new name
+                n.input[:] = [const if i == out.name else i for i in n.input]
+        elif src is not None and src.op_type == "Constant":
+            const = _unique_name(f"{out.name}_constant", taken)
+            src.output[0] = const
+            for n in model.graph.node:
+                if n is not src:
+                    n.input[:] = [const if i == out.name else i for i in n.input]
+        else:
+            continue
+        model.graph.node.append(onnx.helper.make_node("Identity", [const], [out.name],
+                                                      name=_unique_name(f"{out.name}_identity", taken)))
+        routed += 1
+    return routed
+
+
+def decompose_layer_norms(model: onnx.ModelProto) -> int:
+    """Rewrites each float32 LayerNormalization(x, scale[, bias]; axis, epsilon) into primitive ops (see
+    the module docstring; its Mean and InvStdDev outputs, where read, as ReduceMean and Reciprocal(Sqrt));
+    returns how many. Nodes with another input type are left (export/trt_ops.py then refuses them)."""
+    if not any(n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx") for n in model.graph.node):
+        return 0
+    exported = list(model.graph.value_info)  # restored below: the exporter's, with its symbolic dims
+    infer_shapes(model)
+    types = value_types(model)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in list(model.graph.value_info) + list(model.graph.input)
+             if v.type.tensor_type.HasField("shape")}
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(exported)
+    read = _names_read(model.graph) | {o.name for o in model.graph.output}
+    taken = ({t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
+             | {i.name for i in model.graph.input} | read)
+    constants: dict[tuple, str] = {}
+
+    def constant(kind: str, value: np.ndarray) -> str:
+        key = (kind, value.dtype.str, value.tobytes())
+        if key not in constants:
+            constants[key] = _unique_name(f"layer_norm_{kind}", taken)
+            model.graph.initializer.append(numpy_helper.from_array(value, constants[key]))
+        return constants[key]
+
+    nodes, done = [], 0
+    for i, node in enumerate(model.graph.node):
+        x = node.input[0] if node.input else ""
+        attrs = _attributes(node)
+        axis = attrs.get("axis", -1)
+        if (node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx")
+                or types.get(x) != onnx.TensorProto.FLOAT or (axis >= 0 and x not in ranks)):
+            nodes.append(node)
+            continue
+        axes = list(range(axis, 0)) if axis < 0 else list(range(axis, ranks[x]))
+        base = (node.name or f"layer_norm_{i}") + FLOAT32_TAG
+        outs = list(node.output) + [""] * (3 - len(node.output))  # Y, Mean, InvStdDev
+
+        def value(part: str) -> str:
+            return _unique_name(f"{base}{part}", taken)
+
+        def add(op: str, inputs: list[str], output: str, part: str, **kw) -> str:
+            nodes.append(onnx.helper.make_node(op, inputs, [output], name=value(part), **kw))
+            return output
+
+        axes_c = constant("axes", np.array(axes, np.int64))
+        mean = add("ReduceMean", [x, axes_c], outs[1] if outs[1] in read else value("mean_value"), "mean",
+                   keepdims=1)
+        d = add("Sub", [x, mean], value("centered_value"), "centered")
+        sq = add("Pow", [d, constant("two", np.array(2.0, np.float32))], value("squared_value"), "squared")
+        var = add("ReduceMean", [sq, axes_c], value("variance_value"), "variance", keepdims=1)
+        eps = np.array(attrs.get("epsilon", 1e-5), np.float32)
+        var_eps = add("Add", [var, constant("epsilon", eps)], value("variance_eps_value"), "variance_eps")
+        std = add("Sqrt", [var_eps], value("std_value"), "std")
+        if outs[2] in read:
+            add("Reciprocal", [std], outs[2], "inv_std")
+        has_bias = len(node.input) > 2 and node.input[2]
+        normalized = add("Div", [d, std], value("normalized_value"), "normalized")
+        scaled = add("Mul", [normalized, node.input[1]], value("scaled_value") if has_bias else outs[0], "scale")
+        if has_bias:
+            add("Add", [scaled, node.input[2]], outs[0], "bias")
+        done += 1
+    if done:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return done
