@@ -16,7 +16,7 @@ Per pipeline and batch size (1, 8, 32), eager vs CUDA graph side by side:
             backend's torch-hybrid path calls it. Median milliseconds per step.
   parity    one step from the same state: max |graph - eager| <= STEP_ATOL + STEP_RTOL |eager| on state
             and energy; a whole sample: images max |graph - eager| <= SAMPLE_ATOL.
-Plus the device layer of the TensorRT backend (tr0n_rt/backends/cuda.py): StepGraphs' two ping-pong
+Plus the device layer of the TensorRT backend (tr0n_rt/backends/step_graphs.py): StepGraphs' two ping-pong
 graphs captured and replayed with torch buffers and with cuda-python buffers, results checked.
 Writes JSON (--out) and prints a markdown table for benchmarks/RESULTS.md. Stays under --budget
 seconds (default 420): rows that would start later are skipped and marked so.

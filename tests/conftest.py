@@ -72,3 +72,30 @@ def tiny_text_pipeline(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_class_pipeline(tmp_path_factory):
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_class"), "class")
+
+
+def export_tiny(pipeline, folder, **options):
+    """A copy of a tiny pipeline in folder, exported there, validated against torch at two inputs (a
+    random tiny CLIP's gradient is too rough for the FP16 cosine bound: recorded, not enforced)."""
+    import shutil
+    import warnings
+
+    from tr0n_rt.export.bundle_export import export_bundle
+
+    shutil.copytree(pipeline, folder, dirs_exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.onnx's export chatter
+        return export_bundle(folder, folder, validate=True, fp16_strict=False, **options)
+
+
+@pytest.fixture(scope="session")
+def text_bundle(tiny_text_pipeline, tmp_path_factory):
+    """The tiny text pipeline as a bundle with FP16 variants, exported once per session. Read-only:
+    a test that changes a bundle copies it first."""
+    return export_tiny(tiny_text_pipeline, tmp_path_factory.mktemp("text_bundle"), fp16=True)
+
+
+@pytest.fixture(scope="session")
+def class_bundle(tiny_class_pipeline, tmp_path_factory):
+    """The tiny class pipeline as a float32 bundle, exported once per session (read-only, as text_bundle)."""
+    return export_tiny(tiny_class_pipeline, tmp_path_factory.mktemp("class_bundle"), fp16=False)

@@ -19,15 +19,6 @@ from tr0n_rt.errors import ConfigError
 from tr0n_rt.export.validate import ValidationError, run_onnx, validate_fp32
 
 
-@pytest.fixture(scope="module")
-def text_bundle(tiny_text_pipeline, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bundle") / "tiny"
-    shutil.copytree(tiny_text_pipeline, folder)
-    # a random tiny CLIP's gradient is too rough for the FP16 cosine bound: record, don't enforce
-    export_bundle(folder, fp16=True, validate=True, fp16_strict=False)
-    return folder
-
-
 def test_every_graph_is_exported_validated_and_listed(text_bundle):
     m = json.loads((text_bundle / "manifest.json").read_text())
     assert set(m["graphs"]) == {"text_encoder", "image_encoder", "translator", "generator", "energy", "step"}

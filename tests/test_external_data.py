@@ -10,7 +10,8 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from tests.test_backend_onnxruntime import exported_bundle, random_conditions  # noqa: E402
+from tests.conftest import export_tiny  # noqa: E402
+from tests.test_backend_onnxruntime import random_conditions  # noqa: E402
 from tr0n_rt.backends import ort_cache  # noqa: E402
 from tr0n_rt.backends.onnx_reader import onnx_io  # noqa: E402
 from tr0n_rt.backends.onnxruntime import OrtBackend  # noqa: E402
@@ -24,19 +25,13 @@ GRAPHS = ("text_encoder", "image_encoder", "translator", "generator", "energy", 
 
 @pytest.fixture(scope="module")
 def external_bundle(tiny_text_pipeline, tmp_path_factory):
-    from tr0n_rt.export.bundle_export import export_bundle
-
-    folder = tmp_path_factory.mktemp("external") / "tiny"
-    shutil.copytree(tiny_text_pipeline, folder)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.onnx's export chatter
-        # a random tiny CLIP's gradient is too rough for the FP16 cosine bound: record, don't enforce
-        return export_bundle(folder, fp16=True, validate=True, fp16_strict=False, external_data_threshold=0)
+    return export_tiny(tiny_text_pipeline, tmp_path_factory.mktemp("external") / "tiny", fp16=True,
+                       external_data_threshold=0)
 
 
 @pytest.fixture(scope="module")
-def single_file_bundle(tiny_text_pipeline, tmp_path_factory):
-    return exported_bundle(tiny_text_pipeline, tmp_path_factory, fp16=True)
+def single_file_bundle(text_bundle):
+    return text_bundle
 
 
 def test_every_graph_keeps_its_weights_in_a_listed_file_beside_it(external_bundle, single_file_bundle):

@@ -14,7 +14,7 @@ import pytest
 
 ort = pytest.importorskip("onnxruntime")
 
-from tests.test_backend_onnxruntime import exported_bundle, random_conditions  # noqa: E402
+from tests.test_backend_onnxruntime import random_conditions  # noqa: E402
 from tr0n_rt import engine_stamp as stamp_mod  # noqa: E402
 from tr0n_rt.backends import cuda as cuda_mod  # noqa: E402
 from tr0n_rt.backends import tensorrt as trt_mod  # noqa: E402
@@ -31,11 +31,6 @@ from tr0n_rt.export.engines import (  # noqa: E402
 )
 from tr0n_rt.sampler import Sampler  # noqa: E402
 from tr0n_rt.settings import SamplingConfig  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def text_bundle(tiny_text_pipeline, tmp_path_factory):
-    return exported_bundle(tiny_text_pipeline, tmp_path_factory, fp16=True)
 
 
 @pytest.fixture

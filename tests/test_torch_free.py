@@ -10,7 +10,6 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from tests.test_backend_onnxruntime import exported_bundle  # noqa: E402
 
 BLOCKED = ("torch", "torchvision", "open_clip")
 # Installed as sitecustomize, so it is in place before the first line of any script or `-m` module.
@@ -54,11 +53,6 @@ assert out.images.shape == (2, 3, 16, 16) and np.isfinite(out.images).all()
 assert out.energy_trace.shape == (3, 2) and np.isfinite(out.energies).all()
 np.save(sys.argv[2], out.images)
 """
-
-
-@pytest.fixture(scope="module")
-def text_bundle(tiny_text_pipeline, tmp_path_factory):
-    return exported_bundle(tiny_text_pipeline, tmp_path_factory, fp16=True)
 
 
 @pytest.fixture
