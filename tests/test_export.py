@@ -42,6 +42,7 @@ def test_no_graph_reads_an_expanded_weight_or_uses_vendor_ops(text_bundle):
             assert not any(n.op_type in ("ScatterND", "GatherND") for n in model.graph.node), f
 
 
+@pytest.mark.slow
 def test_a_gradient_frozen_into_a_constant_is_caught(tiny_text_pipeline, tmp_path, monkeypatch):
     """Export the step with its energy gradient replaced by the gradient at the example input:
     validation at other inputs must fail."""
@@ -266,6 +267,7 @@ def test_strict_fp16_validation_agrees_with_the_report(text_bundle, tiny_text_pi
             validate_fp16(p, spec, text_bundle / "step.fp16.onnx", text_bundle / "step.onnx", strict=True)
 
 
+@pytest.mark.slow
 def test_fp16_validation_catches_a_reversed_update(tiny_text_pipeline, tmp_path, monkeypatch):
     """A step whose update goes the wrong way changes means_next by ~1% only (the latents are far larger
     than one update): the update cosines must refuse it."""
@@ -291,6 +293,7 @@ def test_fp16_validation_catches_a_reversed_update(tiny_text_pipeline, tmp_path,
     assert report["means update cosine"] < -0.9 and report["logits update cosine"] < -0.9, report
 
 
+@pytest.mark.slow
 def test_dynamic_axes_survive_sizes_that_equal_static_ones(tmp_path):
     """K = 4 components with 4 classes (the condition's width is 4): tracing once unified K with that
     static size and exported means [batch, 4, D]. K must stay dynamic, and a graph whose declared
@@ -311,6 +314,7 @@ def test_dynamic_axes_survive_sizes_that_equal_static_ones(tmp_path):
         check_dynamic_axes(spec, inputs)
 
 
+@pytest.mark.slow
 def test_polygraphy_runs_every_graph_with_onnxruntime(text_bundle):
     """`polygraphy run <graph>.onnx --onnxrt` on each graph (polygraphy draws its own inputs)."""
     import subprocess
@@ -325,6 +329,7 @@ def test_polygraphy_runs_every_graph_with_onnxruntime(text_bundle):
         assert "PASSED" in done.stdout + done.stderr, f.name
 
 
+@pytest.mark.slow
 def test_a_failed_re_export_leaves_the_bundle_as_it_was(text_bundle, tmp_path, monkeypatch):
     """Graphs are staged and validated before anything in the bundle is replaced: a re-export that fails
     on its last graph keeps every earlier file byte for byte, and the bundle still loads."""
@@ -435,6 +440,7 @@ def test_topological_sort_ignores_omitted_optional_values():
     assert [n.name for n in model.graph.node] == ["resize", "ln"]
 
 
+@pytest.mark.slow
 def test_a_partial_re_export_refuses_to_keep_graphs_of_changed_weights(text_bundle, tmp_path):
     """Retrained generator weights, then `--graphs generator` alone: energy and step (which contain the
     generator) would keep the old weights, so the export names them; with them it succeeds."""

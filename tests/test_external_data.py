@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.slow  # its bundle exports every graph with external weights (~30 s alone, 94 s loaded)
 
 from tests.conftest import export_tiny  # noqa: E402
 from tests.test_backend_onnxruntime import random_conditions  # noqa: E402

@@ -187,6 +187,7 @@ def test_onnxruntime_equals_torch_on_image_conditions_and_aesthetic_weight(featu
     np.testing.assert_allclose(b.energy_trace, a.energy_trace, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_manifest_whose_aesthetic_field_disagrees_with_the_step_is_refused(featured_bundle, tmp_path):
     folder = tmp_path / "b"
     shutil.copytree(featured_bundle, folder)
@@ -216,6 +217,7 @@ def shapes_judge():
     return RuntimeJudge.from_bundle(SHAPES)
 
 
+@pytest.mark.slow
 def test_shapes_image_conditions_reproduce_shape_and_colour(shapes_sampler, shapes_judge, tmp_path):
     """Procedural images (drawn with PIL, not by G) of known attributes, written as PNG files: TR0N
     conditioned on each file must draw its shape, colour and background (by the independent judge)."""
@@ -235,6 +237,7 @@ def test_shapes_image_conditions_reproduce_shape_and_colour(shapes_sampler, shap
         assert accuracy >= 0.9, (steps, accuracy)
 
 
+@pytest.mark.slow
 def test_shapes_aesthetic_term_draws_larger_shapes_and_keeps_the_prompt(shapes_sampler, shapes_judge):
     """The world's head likes large shapes (fitted on procedural images). With alpha = 0.5 the radius that
     G reads from the final latent (renderer.py: z[16]) grows, and the judge still accepts the prompt."""
