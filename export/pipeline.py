@@ -92,6 +92,10 @@ class TorchPipeline:
         missing = [k for k in REQUIRED if k not in spec]
         if missing:
             raise ConfigError(f"{path} lacks field(s) {', '.join(missing)}")
+        if spec["translator"] is None:
+            raise CheckpointError(f"{folder} has no trained translator yet: make pairs and train it "
+                                  f"(`tr0n-rt pairs {folder}`, then `tr0n-rt train --pipeline {folder}`), or "
+                                  f"import one trained with the reference code (`tr0n-rt import-translator {folder} FILE`)")
         generator = build_part(folder, spec["generator"], build_generator, "generator")
         condition_model = build_part(folder, spec["condition_model"], build_condition_model, "condition_model")
         translator = load_translator(folder, spec["translator"])
@@ -121,15 +125,16 @@ def build_part(folder: Path, part: dict, factory, field: str):
     return module
 
 
-def write_pipeline(folder: str | Path, parts: dict, translator: TranslatorGMM, augment: AugmentConfig,
+def write_pipeline(folder: str | Path, parts: dict, translator: TranslatorGMM | None, augment: AugmentConfig,
                    sampling: SamplingConfig, extra: dict | None = None) -> Path:
     """Writes translator weights and pipeline.json; `parts` holds generator, condition_model, tokenizer,
-    judge, classes, condition and name as world builders return them."""
+    judge, classes, condition and name as world builders return them. translator None: not trained yet
+    (`tr0n-rt create`), pipeline.json's translator is null until `set_translator`."""
     folder = Path(folder)
     spec = {"format": FORMAT, "version": VERSION}
     for key in ("name", "condition", "classes", "generator", "condition_model", "tokenizer", "judge"):
         spec[key] = parts.get(key)
-    spec["translator"] = translator.save(folder)
+    spec["translator"] = translator.save(folder) if translator is not None else None
     for key in ("image_translator", "aesthetic"):
         if parts.get(key):
             spec[key] = parts[key]
@@ -138,3 +143,18 @@ def write_pipeline(folder: str | Path, parts: dict, translator: TranslatorGMM, a
     spec.update(extra or {})
     write_json(folder / "pipeline.json", spec)
     return folder / "pipeline.json"
+
+
+def set_translator(folder: str | Path, translator: TranslatorGMM, name: str = "translator", record: dict | None = None) -> dict:
+    """Puts a trained translator into a pipeline folder: <name>.safetensors / .json written, then
+    pipeline.json's `name` entry (translator or image_translator) replaced atomically; record: how it was
+    made (pairs, epochs, validation NLL), kept under pipeline.json "training"."""
+    folder = Path(folder)
+    path = folder / "pipeline.json"
+    spec = json.loads(path.read_text())
+    spec[name] = translator.save(folder, name)
+    if record is not None:
+        spec.setdefault("training", {})[name] = record
+    write_json(path, spec)
+    return spec[name]
+

@@ -11,6 +11,8 @@ import numpy as np
 
 from .bench import add_parser as add_bench_parser
 from .cli_args import add_pipeline_args, add_sampling_args, open_sampler, whole_number
+from .cli_pipeline import add_parsers as add_pipeline_parsers
+from .cli_pipeline import check_train_args, cmd_train_pipeline
 from .errors import Tr0nError
 from .extras import build_time
 from .interpolate import Interpolation, interpolation, strip_cells
@@ -142,6 +144,9 @@ def cmd_eval(args) -> int:
 def cmd_train(args) -> int:
     from .paths import engines_dir
 
+    check_train_args(args)
+    if args.pipeline is not None:
+        return cmd_train_pipeline(args)
     build_world = build_time("worlds.build", "training").build_world
     out = args.out or engines_dir() / args.world
     tick = time.perf_counter()
@@ -244,10 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build)
 
     add_bench_parser(sub)
+    add_pipeline_parsers(sub)
 
-    p = sub.add_parser("train", help="rebuild an embedded world from scratch",
-                       description="Data -> models -> synthetic pairs -> translator, with fixed seeds.")
-    p.add_argument("--world", required=True, choices=["shapes", "digits"], help="world to build")
+    p = sub.add_parser("train", help="train a pipeline's translator, or rebuild an embedded world",
+                       description="--pipeline DIR: train (or resume training) the translator of a pipeline made "
+                                   "by `tr0n-rt create` on its pairs (`tr0n-rt pairs`), keeping the best epoch by "
+                                   "validation NLL. --world NAME: rebuild an embedded world from scratch (data -> "
+                                   "models -> synthetic pairs -> translator, with fixed seeds).")
+    p.add_argument("--pipeline", type=Path, default=None, help="pipeline folder whose translator to train")
+    p.add_argument("--image", action="store_true", help="--pipeline: train the image translator (no condition noise)")
+    p.add_argument("--device", default="cpu", help="--pipeline: cpu or cuda (default: cpu)")
+    p.add_argument("--epochs", type=whole_number(1), default=None, help="--pipeline: epochs (default: the recipe's)")
+    p.add_argument("--world", default=None, choices=["shapes", "digits"], help="world to rebuild")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: engines/WORLD)")
     p.add_argument("--work", type=Path, default=None, help="folder for synthetic pairs (default: engines/.cache)")
     p.add_argument("--seed", type=whole_number(0), default=0, help="seed of every stage (default: 0)")

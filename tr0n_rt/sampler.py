@@ -10,7 +10,8 @@ For embedding in an application, open once and call `generate` as often as neede
 
 All randomness is drawn on the host, per image, from numpy generators seeded by that image's seed, in
 a fixed order (initial draw, then per step: A x 8 augmentation numbers, K x D SGLD noise). So an image
-depends only on its condition and seed: a batch of 8 gives the same images as 8 runs of one.
+depends only on its condition and seed: a batch of 8 gives the same images as 8 runs of one, up to
+float32 rounding (CPU kernels may round a row differently with the batch size).
 """
 from __future__ import annotations
 
