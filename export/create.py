@@ -30,24 +30,22 @@ from tr0n_rt.settings import PRESETS, SamplingConfig
 from .augment import AugmentConfig
 from .checkpoints import load_state, load_weights, save_state
 from .pipeline import write_pipeline
+from .train_translator import TrainConfig
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """How a pipeline's translator is made: pairs, translator shape, training (export/train_translator.py)."""
+class Recipe(TrainConfig):
+    """How a pipeline's translator is made: the training settings (TrainConfig's fields and checks, the
+    reference's values), plus the pairs and the translator's shape."""
 
+    condition_noise: float = 0.2  # std of the Gaussian noise added to c while training (StyleGAN2's)
     pairs: int = 1_000_000  # synthetic pairs (the reference's count)
     pairs_seed: int = 0
     num_components: int = 10  # K
     mean_bound: float | None = None  # means = bound * tanh(.) (BigGAN: 2)
-    condition_noise: float = 0.2  # std of the Gaussian noise added to c while training
-    noise_mode: str = "absolute"
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-4
-    grad_clip: float = 1.0
-    nll_scale: float = 1e-4
-    seed: int = 0
+
+    def training(self, **overrides) -> TrainConfig:
+        return TrainConfig(**{**{f.name: getattr(self, f.name) for f in fields(TrainConfig)}, **overrides})
 
 
 FAMILY_RECIPES = {
@@ -167,7 +165,10 @@ def _overridden(base, overrides: dict, what: str):
     bad = [k for k in overrides if k not in known]
     if bad:
         raise ConfigError(f"unknown {what} field(s) {', '.join(bad)}; known: {', '.join(known)}")
-    return replace(base, **overrides)
+    try:
+        return replace(base, **overrides)
+    except (TypeError, ValueError) as e:  # a value of the wrong kind, e.g. epochs="ten"
+        raise ConfigError(f"invalid {what} value in {overrides} ({e}): give numbers where numbers go") from None
 
 
 def parse_settings(pairs: list[str]) -> tuple[dict, dict]:

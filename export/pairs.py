@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 
 from tr0n_rt.atomic import write_json
+from tr0n_rt.backends.torch import check_torch_device
 from tr0n_rt.errors import CheckpointError, ConfigError
 
 from .captioners import Captioner, NucleusConfig, caption_pairs
@@ -241,19 +242,7 @@ def _resolve_device(device, generator: Generator) -> torch.device:
     if device is None:
         p = next(generator.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
-    try:
-        d = torch.device(device)
-    except (RuntimeError, TypeError):
-        d = None
-    if d is None or d.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if d.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r}: torch sees no CUDA device here; pass device='cpu'")
-        if d.index is not None and d.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA device(s), "
-                              f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
-    return d
+    return check_torch_device(torch, device)
 
 
 def _module_device(m: torch.nn.Module) -> torch.device:

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from tr0n_rt.atomic import write_json
+from tr0n_rt.backends.torch import check_torch_device
 from tr0n_rt.errors import CheckpointError, ConfigError
 
 from .checkpoints import save_state
@@ -171,7 +172,7 @@ def fit_translator(pairs_dir: str | Path, out_dir: str | Path, config: Translato
     from tqdm.auto import tqdm
 
     pairs_dir, out_dir = Path(pairs_dir), Path(out_dir)
-    dev = _device(device)
+    dev = check_torch_device(torch, device)
     if stop_after_epoch is not None and stop_after_epoch < 1:
         raise ConfigError(f"stop_after_epoch must be >= 1 (an epoch number), got {stop_after_epoch}")
     if checkpoint_steps is not None and checkpoint_steps < 1:
@@ -277,22 +278,6 @@ def fit_translator(pairs_dir: str | Path, out_dir: str | Path, config: Translato
             f"{out_dir} to start over")
     model.eval()
     return result()
-
-
-def _device(device: str) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU here: pass device='cpu'")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s), "
-                              f"numbered from 0: pass one of them")
-    return dev
 
 
 def _pairs(folder: Path) -> tuple[PairsSpec, list[int]]:

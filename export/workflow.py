@@ -76,7 +76,7 @@ def train_pipeline(folder, image: bool = False, device: str = "cpu", epochs: int
     """Trains (or resumes training) the pipeline's translator on folder/pairs; the best checkpoint by
     validation NLL goes into pipeline.json. image: the image translator (no condition noise)."""
     from .pairs import pairs_index
-    from .train_translator import TrainConfig, fit_translator
+    from .train_translator import fit_translator
 
     folder = Path(folder)
     spec = pipeline_spec(folder)
@@ -89,10 +89,8 @@ def train_pipeline(folder, image: bool = False, device: str = "cpu", epochs: int
         raise ConfigError(f"the pairs in {folder / PAIRS_DIR} have latent {index.latent_dim} and condition "
                           f"{index.cond_dim}, this pipeline needs {config.latent_dim} and {config.cond_dim}: "
                           f"delete that folder and rerun `tr0n-rt pairs {folder}`")
-    train = TrainConfig(epochs=epochs or recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
-                        grad_clip=recipe.grad_clip, nll_scale=recipe.nll_scale,
-                        condition_noise=0.0 if image else recipe.condition_noise, noise_mode=recipe.noise_mode,
-                        seed=recipe.seed)
+    train = recipe.training(epochs=epochs or recipe.epochs,
+                            condition_noise=0.0 if image else recipe.condition_noise)
     name = "image_translator" if image else "translator"
     result = fit_translator(folder / PAIRS_DIR, folder / TRAINING_DIR / name, config, train, device=device,
                             progress=progress, stop_after_epoch=stop_after_epoch)

@@ -20,8 +20,9 @@ from ..graphs import STATE_NAMES
 from .base import Backend, PipelineInfo
 
 
-def check_torch_device(torch, device: str) -> None:
-    """ConfigError for a device string torch cannot parse, BackendError for a CUDA device it cannot see."""
+def check_torch_device(torch, device):
+    """The torch device for `device` (cpu, cuda, cuda:N); ConfigError for anything else, BackendError for a
+    CUDA device torch cannot see. The one check of the torch backend, pairs and translator training."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -34,6 +35,7 @@ def check_torch_device(torch, device: str) -> None:
                                "driver and CUDA_VISIBLE_DEVICES")
     elif dev.type != "cpu":
         raise ConfigError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
+    return dev
 
 
 class TorchBackend(Backend):
