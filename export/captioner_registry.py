@@ -2,7 +2,7 @@
 one entry here)."""
 from __future__ import annotations
 
-from tr0n_rt.errors import unknown_name
+from tr0n_rt.errors import ConfigError, unknown_name
 
 from .captioners import BlipCaptioner, Captioner
 from .worlds.shapes.captioner import ShapesAttributeCaptioner
@@ -15,4 +15,7 @@ def build_captioner(name: str, config: dict | None = None, **runtime) -> Caption
     adds arguments that do not change the captions (e.g. device)."""
     if name not in CAPTIONERS:
         raise unknown_name("captioner", name, CAPTIONERS)
-    return CAPTIONERS[name](**(config or {}), **runtime)
+    try:
+        return CAPTIONERS[name](**(config or {}), **runtime)
+    except TypeError as e:  # a key the captioner does not take
+        raise ConfigError(f"captioner {name!r} does not take the config {config} ({e})") from None

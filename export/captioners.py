@@ -203,7 +203,8 @@ class BlipCaptioner(Captioner):
         device = self.model.device
         x = F.interpolate((images.float().clamp(-1, 1) + 1) / 2, size=self.size, mode="bicubic",
                           align_corners=False).clamp(0, 1)
-        pixels = ((x - self.mean) / self.std).to(device)
+        x = x.to(device)  # G may run on another device than BLIP
+        pixels = (x - self.mean.to(device)) / self.std.to(device)
         prompt = self.processor.tokenizer([self.prompt] * images.shape[0], return_tensors="pt").to(device)
         kwargs = {"max_length": nucleus.max_length, "min_length": nucleus.min_length,
                   "repetition_penalty": nucleus.repetition_penalty}

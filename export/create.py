@@ -30,7 +30,7 @@ from tr0n_rt.settings import PRESETS, SamplingConfig
 from .augment import AugmentConfig
 from .checkpoints import load_state, load_weights, save_state
 from .pipeline import write_pipeline
-from .train_translator import TrainConfig
+from .train_translator import TrainConfig, check_numbers
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,12 @@ class Recipe(TrainConfig):
     pairs_seed: int = 0
     num_components: int = 10  # K
     mean_bound: float | None = None  # means = bound * tanh(.) (BigGAN: 2)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_numbers(self, wholes={"pairs": 1, "pairs_seed": 0, "num_components": 1})
+        if self.mean_bound is not None:
+            check_numbers(self, positive=("mean_bound",))
 
     def training(self, **overrides) -> TrainConfig:
         return TrainConfig(**{**{f.name: getattr(self, f.name) for f in fields(TrainConfig)}, **overrides})
@@ -87,12 +93,37 @@ def load_generator(family: str, weights: Path, config: dict):
         raise ConfigError(f"--generator-config does not fit {family} ({e})") from None
 
 
+CLIP_VOCAB = 49408  # the BPE vocabulary of tr0n_rt.tokenizer.CLIPTokenizer (OpenAI's, open_clip's default)
+
+
+def check_clip_config(model: str | None, model_cfg: dict | None) -> None:
+    """ConfigError unless the open_clip model exists and tokenizes with CLIP's BPE (the tokenizer tr0n-rt
+    ships without torch): models with a Hugging Face tokenizer (SigLIP, XLM-R, ...) are refused."""
+    import open_clip
+
+    if model is not None:
+        if model not in open_clip.list_models():
+            raise unknown_name("open_clip model", model, open_clip.list_models())
+        model_cfg = open_clip.get_model_config(model)
+    text = (model_cfg or {}).get("text_cfg") or {}
+    if text.get("hf_tokenizer_name") or text.get("vocab_size", CLIP_VOCAB) != CLIP_VOCAB:
+        raise ConfigError(f"open_clip model {model or 'of the given config'} tokenizes with "
+                          f"{text.get('hf_tokenizer_name') or 'a vocabulary of ' + str(text.get('vocab_size'))}; "
+                          f"tr0n-rt's runtime tokenizer is CLIP's BPE ({CLIP_VOCAB} tokens): choose a CLIP-BPE model "
+                          "(ViT-B-32, ViT-B-16, ViT-L-14, ...)")
+
+
 def load_clip(model: str | None, weights: Path, model_cfg: dict | None = None):
     """An open_clip model by architecture name or custom config (open_clip.CLIP keyword arguments), with
-    weights from a local file (open_clip's checkpoint: safetensors or a weights-only torch file)."""
+    weights from a local file (open_clip's checkpoint: safetensors or a weights-only torch file).
+    OpenAI-trained weights use QuickGELU: name the model with its -quickgelu suffix (ViT-B-32-quickgelu)."""
     from .models.clip import OpenClipModel
 
-    f = OpenClipModel(model_name=model) if model_cfg is None else OpenClipModel(model_cfg=model_cfg)
+    try:
+        f = OpenClipModel(model_name=model) if model_cfg is None else OpenClipModel(model_cfg=model_cfg)
+    except TypeError as e:  # a key open_clip.CLIP does not take, or one it needs
+        raise ConfigError(f"--clip-config is not an open_clip model config ({e}): give open_clip.CLIP's keyword "
+                          "arguments (embed_dim, vision_cfg, text_cfg)") from None
     try:
         f.load_state_dict(load_state(weights))
     except RuntimeError as e:  # missing, unexpected or misshapen keys
@@ -115,7 +146,8 @@ def create_pipeline(out: str | os.PathLike, generator: str, generator_weights, c
                     name: str | None = None, recipe: dict | None = None, sampling: dict | None = None) -> Path:
     """Writes a pipeline folder at `out` (which must not exist or be empty); returns it. recipe and
     sampling: overrides of the family's Recipe and SamplingConfig fields. Every argument is checked
-    before any model is loaded; the folder appears only when complete (staged beside it, then renamed)."""
+    before any model is loaded (the weights are then checked by loading them: CLIP first); the folder
+    appears only when complete (staged beside it, then renamed)."""
     from tr0n_rt.tokenizer import CLIPTokenizer
 
     out = Path(out)
@@ -132,15 +164,19 @@ def create_pipeline(out: str | os.PathLike, generator: str, generator_weights, c
     base_recipe, base_sampling = FAMILY_RECIPES[generator]
     rec = _overridden(base_recipe, recipe or {}, "recipe")
     cfg = base_sampling.with_overrides(**(sampling or {}))
+    if base_recipe.mean_bound is not None and rec.mean_bound is None:
+        raise ConfigError(f"{generator}'s latent is bounded to [-{base_recipe.mean_bound}, {base_recipe.mean_bound}]: "
+                          "the translator's means must be too (keep the recipe's mean_bound)")
+    check_clip_config(clip, clip_config)
 
-    g = load_generator(generator, g_path, dict(generator_config or {}))
     f = load_clip(clip, c_path, clip_config)
-    if g.latent.bounds is not None and rec.mean_bound is None:
-        raise ConfigError(f"{generator}'s latent is bounded to [-{g.latent.bounds}, {g.latent.bounds}]: the "
-                          "translator's means must be too (recipe mean_bound)")
+    g = load_generator(generator, g_path, dict(generator_config or {}))
     parent = out.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.create-", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # mkdtemp's 0700 would make the pipeline owner-only
     try:
         save_state(g.state_dict(), stage / "generator.safetensors")
         save_state(f.state_dict(), stage / "clip.safetensors")

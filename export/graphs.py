@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from tr0n_rt.graphs import BATCH, COMPONENTS, COPIES, STATE_NAMES, GraphSpec, pipeline_graphs
+from tr0n_rt.graphs import AUG_DIM, BATCH, COMPONENTS, COPIES, STATE_NAMES, GraphSpec, pipeline_graphs
+from tr0n_rt.settings import SamplingConfig
 
 from .gradient import trace
 from .pipeline import TorchPipeline
@@ -74,7 +75,7 @@ def example_inputs(p: TorchPipeline, name: str, batch: int = 2, copies: int = 3,
         cond = torch.nn.functional.normalize(torch.randn(batch, d_c, generator=g), dim=1)
     else:
         cond = torch.softmax(3 * torch.randn(batch, d_c, generator=g), dim=1)
-    aug = torch.rand(batch, copies, 8, generator=g)
+    aug = torch.rand(batch, copies, AUG_DIM, generator=g)
     if name == "text_encoder":
         ctx = p.condition_model.context_length
         vocab = p.tokenizer.vocab_size if p.tokenizer is not None else 49408
@@ -101,7 +102,7 @@ def example_inputs(p: TorchPipeline, name: str, batch: int = 2, copies: int = 3,
         "adam_v": 1e-6 * torch.rand(batch, k, d, generator=g),
         "step": torch.tensor([float(seed % 50)]),  # distinct per validation case (a random draw could repeat)
         "condition": cond, "aug_noise": aug, "sgld_noise": torch.randn(batch, k, d, generator=g),
-        "hparams": torch.tensor([0.1, 0.99, 0.01, 5e-3, 1.0, 1e-8]),
+        "hparams": torch.from_numpy(SamplingConfig().hparams()),  # the paper preset's, in HPARAM_NAMES order
         **({"aesthetic_weight": torch.rand(1, generator=g) + 0.5} if p.aesthetic is not None else {}),
     }
 

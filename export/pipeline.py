@@ -151,7 +151,10 @@ def set_translator(folder: str | Path, translator: TranslatorGMM, name: str = "t
     made (pairs, epochs, validation NLL), kept under pipeline.json "training"."""
     folder = Path(folder)
     path = folder / "pipeline.json"
-    spec = json.loads(path.read_text())
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {path} ({e}): the pipeline folder is damaged; create it again") from None
     spec[name] = translator.save(folder, name)
     if record is not None:
         spec.setdefault("training", {})[name] = record

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -56,12 +57,22 @@ class TrainConfig:
     def __post_init__(self):
         if self.noise_mode not in ("absolute", "relative"):
             raise ConfigError(f"noise_mode must be 'absolute' or 'relative', got {self.noise_mode!r}")
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"training {name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0 or not self.nll_scale > 0 or self.condition_noise < 0:
-            raise ConfigError(f"training needs lr > 0, nll_scale > 0 and condition_noise >= 0, got lr={self.lr}, "
-                              f"nll_scale={self.nll_scale}, condition_noise={self.condition_noise}")
+        check_numbers(self, wholes={"epochs": 1, "batch_size": 1, "seed": 0},
+                      positive=("lr", "nll_scale", "grad_clip"), non_negative=("condition_noise",))
+
+
+def check_numbers(cfg, wholes: dict[str, int] = {}, positive=(), non_negative=()) -> None:  # noqa: B006
+    """ConfigError unless cfg's `wholes` are whole numbers >= their minimum (not bool, not 2.5) and the
+    other named fields finite numbers > 0 (positive) or >= 0 (non_negative)."""
+    for name, minimum in wholes.items():
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+            raise ConfigError(f"{name} must be a whole number >= {minimum}, got {v!r}")
+    for name in (*positive, *non_negative):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0 or (
+                name in positive and v == 0):
+            raise ConfigError(f"{name} must be a finite number {'> 0' if name in positive else '>= 0'}, got {v!r}")
 
 
 def noisy(c: torch.Tensor, cfg: TrainConfig, rng: torch.Generator) -> torch.Tensor:
@@ -383,7 +394,8 @@ def _restore(path: Path, settings: dict, model, opt, sched, order_rng, noise_rng
     """Loads path's state into the model, optimizer, scheduler and generators; returns the counters."""
     from safetensors import SafetensorError, safe_open
 
-    start_over = f"delete {out_dir} to start over, or pass another output folder"
+    start_over = (f"delete {out_dir} to start over (tr0n-rt train --pipeline: that is DIR/training/NAME), or "
+                  "resume with the settings it was started with (e.g. the same --epochs)")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {})["state"])

@@ -27,7 +27,13 @@ def pipeline_spec(folder: Path) -> dict:
     path = Path(folder) / "pipeline.json"
     if not path.is_file():
         raise ConfigError(f"{folder} holds no pipeline.json: make the pipeline first (`tr0n-rt create {folder} ...`)")
-    return json.loads(path.read_text())
+    try:
+        spec = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is damaged ({e}): create the pipeline again") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path} is not a JSON object: create the pipeline again")
+    return spec
 
 
 def pipeline_models(folder: Path, spec: dict, device: str = "cpu"):
@@ -47,18 +53,29 @@ def make_pipeline_pairs(folder, count: int | None = None, batch_size: int = 64, 
     by its name in captioner_registry with its config (constructor keyword arguments)."""
     from .pairs import make_pairs
 
+    import torch
+
+    from tr0n_rt.backends.torch import check_torch_device
+
     folder = Path(folder)
     spec = pipeline_spec(folder)
     recipe = read_recipe(spec)
+    count = count or recipe.pairs
+    check_torch_device(torch, device)
+    num_shards = -(-count // shard_size)
+    if shards is not None and not 0 <= shards[0] < shards[1] <= num_shards:
+        raise ConfigError(f"--shards {shards[0]}:{shards[1]} is outside the {num_shards} shards of {count} pairs "
+                          f"in shards of {shard_size}: give START:STOP with 0 <= START < STOP <= {num_shards}")
     captions = {}
     if captioner is not None:
         from tr0n_rt.tokenizer import tokenizer_from_dict
 
         from .captioner_registry import build_captioner
 
-        captions = {"captioner": build_captioner(captioner, captioner_config), "tokenizer": tokenizer_from_dict(spec["tokenizer"])}
-    g, f = pipeline_models(folder, spec, device)
-    return make_pairs(g, f, count or recipe.pairs, folder / PAIRS_DIR, seed=recipe.pairs_seed, shard_size=shard_size,
+        captions = {"captioner": build_captioner(captioner, captioner_config, device=device),
+                    "tokenizer": tokenizer_from_dict(spec["tokenizer"])}
+    g, f = pipeline_models(folder, spec)  # on the CPU: make_pairs moves them to `device` and back
+    return make_pairs(g, f, count, folder / PAIRS_DIR, seed=recipe.pairs_seed, shard_size=shard_size,
                       batch_size=batch_size, device=device, shards=shards, progress=progress, **captions)
 
 

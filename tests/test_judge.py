@@ -41,10 +41,12 @@ def judge_spec(world: str) -> dict:
 
 
 def write_manifest(folder: Path, condition: str, judge: dict | None, files: dict) -> None:
-    """A manifest that load_bundle(verify=False) accepts; its graphs are named but absent, since only
-    the judge is used here. `judge` and `files` are what export_bundle adds for the judge."""
-    graphs = {g: {"files": {"fp32": f"{g}.onnx"}, "inputs": {}, "outputs": {}}
-              for g in ("translator", "step", "energy", "generator", "text_encoder")}
+    """A manifest that load_bundle(verify=False) accepts; its graphs are declared by the contract but
+    absent, since only the judge is used here. `judge` and `files` are what export_bundle adds for it."""
+    from tr0n_rt.graphs import pipeline_graphs
+
+    graphs = {s.name: {"files": {"fp32": f"{s.name}.onnx"}, "inputs": {n: {} for n in s.inputs},
+                       "outputs": {n: {} for n in s.outputs}} for s in pipeline_graphs(condition)}
     manifest = {
         "format": "tr0n-rt.bundle", "schema_version": 1, "name": folder.name,
         "condition": {"kind": condition, "dim": 10, "classes": [str(i) for i in range(10)]},
@@ -272,3 +274,17 @@ def test_runtime_judge_needs_no_torch(world, digits_bundle, shapes_bundle, tmp_p
     assert done.returncode == 0, done.stderr
     reference = json.loads(json.dumps(torch_judge.verdicts(torch.from_numpy(images), queries)))
     assert_same_verdicts(json.loads((tmp_path / "verdicts.json").read_text()), reference)
+
+
+def test_without_onnxruntime_a_world_is_judged_by_its_torch_judge(monkeypatch):
+    """judge.onnx whenever onnxruntime is there (no torch on the sampling path); the export extra alone
+    (torch, no onnxruntime) falls back to the judge pipeline.json names."""
+    import importlib.util
+
+    from tr0n_rt.export.worlds.shapes.judge import ShapesJudge
+    from tr0n_rt.judge import open_judge
+
+    assert isinstance(open_judge(ENGINES / "shapes"), RuntimeJudge)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert isinstance(open_judge(ENGINES / "shapes"), ShapesJudge)

@@ -98,6 +98,16 @@ def test_mismatches_are_refused_before_any_work(checkpoints, tmp_path):
         create_pipeline(tmp_path / "p", **{**ok, "clip_config": {**CLIP_CFG, "embed_dim": 24}})
     with pytest.raises(ConfigError, match="unknown recipe field"):
         create_pipeline(tmp_path / "p", **ok, recipe={"pair": 10})
+    for bad in ({"epochs": 2.5}, {"batch_size": 16.0}, {"num_components": 0}, {"pairs": "many"}, {"mean_bound": -1}):
+        with pytest.raises(ConfigError, match="invalid recipe value"):
+            create_pipeline(tmp_path / "p", **ok, recipe=bad)
+    with pytest.raises(ConfigError, match="keep the recipe's mean_bound"):  # BigGAN's latent is bounded
+        create_pipeline(tmp_path / "p", **{**ok, "generator": "biggan"}, recipe={"mean_bound": None})
+    with pytest.raises(ConfigError, match="not an open_clip model config"):
+        create_pipeline(tmp_path / "p", **{**ok, "clip_config": {**CLIP_CFG, "bogus": 1}})
+    with pytest.raises(ConfigError, match="CLIP's BPE"):  # the runtime tokenizer could not feed it
+        create_pipeline(tmp_path / "p", **{**ok, "clip_config": {**CLIP_CFG, "text_cfg": {
+            **CLIP_CFG["text_cfg"], "vocab_size": 32000}}})
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("mine")
     with pytest.raises(ConfigError, match="not an empty folder"):
@@ -145,3 +155,16 @@ def test_caption_pairs_through_a_registered_captioner(checkpoints, tmp_path):
     captions = load_captions(p / "pairs")
     assert len(captions) == 32 and all(isinstance(c, str) and c for c in captions)
     assert json.loads((p / "pairs" / "pairs.json").read_text())["captioner"]["name"] == "shapes_attributes"
+
+
+def test_train_refuses_the_other_modes_options(capsys):
+    assert main(["train", "--world", "shapes", "--epochs", "3"]) == 2
+    assert "--epochs do(es) not apply with --world" in capsys.readouterr().err
+    assert main(["train", "--pipeline", "p", "--seed", "1"]) == 2
+    assert "--seed do(es) not apply with --pipeline" in capsys.readouterr().err
+
+
+def test_a_long_inline_json_config_is_read_as_json():
+    from tr0n_rt.cli_pipeline import json_file
+
+    assert json_file(json.dumps(CLIP_CFG | {"note": "x" * 300})) == CLIP_CFG | {"note": "x" * 300}

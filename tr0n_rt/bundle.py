@@ -12,7 +12,7 @@ A bundle is a folder with `manifest.json` and the files it lists:
     augment         DiffAugment policy the energy graphs were exported with
     sampling        default SamplingConfig fields
     graphs          {name: {"files": {"fp32": file, "fp16": file?}, "inputs": {tensor: {"dtype", "shape"}},
-                            "outputs": {...}}}              shapes use "batch"/"copies" for dynamic axes
+                            "outputs": {...}}}              shapes name the dynamic axes "batch", "copies", "components"
     image_input     {"size": S, "mean": [3], "std": [3], "resize", "crop"} | null: how a user's image becomes
                     the image_encoder graph's pixels (CLIP pipelines)
     aesthetic       {"dim": d_c} | null: the step graph takes aesthetic_weight, the energy graph returns aesthetic
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .backends.base import PipelineInfo
 from .errors import BundleError, ConfigError
-from .graphs import GRAPHS, required_graphs
+from .graphs import GRAPHS, pipeline_graphs, required_graphs
 from .settings import SamplingConfig
 
 FORMAT = "tr0n-rt.bundle"
@@ -164,6 +164,14 @@ def load_bundle(folder: str | Path, verify: bool = True) -> Bundle:
         if size <= 0:
             raise BundleError(f"{path}: field 'image_input.size' must be > 0, got {size}")
     takes_alpha = "aesthetic_weight" in _field(m, "graphs.step.inputs", dict, path)
+    contract = {s.name: s for s in pipeline_graphs(kind, "image_encoder" in graphs, "image_translator" in graphs, takes_alpha)}
+    for g, entry in graphs.items():
+        if g not in contract:
+            raise BundleError(f"{path}: a {kind}-conditional bundle has no {g} graph (field 'graphs'); re-export it")
+        want, have = contract[g], (list(entry["inputs"]), list(entry["outputs"]))
+        if sorted(have[0]) != sorted(want.inputs) or sorted(have[1]) != sorted(want.outputs):
+            raise BundleError(f"{path}: graph {g} takes {have[0]} and gives {have[1]}; this tr0n-rt's contract "
+                              f"(tr0n_rt/graphs.py) says {list(want.inputs)} -> {list(want.outputs)}: re-export the bundle")
     if takes_alpha != bool(m.get("aesthetic")):
         raise BundleError(f"{path}: field 'aesthetic' is {m.get('aesthetic')!r} but the step graph "
                           f"{'takes' if takes_alpha else 'lacks'} input aesthetic_weight; re-export the bundle")

@@ -113,6 +113,8 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     from .atomic import write_json
 
+    if args.json:
+        check_outputs(args.json.parent, args.json)  # before the whole run, not after
     folder, sampler = open_sampler(args)
     judge = open_judge(folder)
     if judge is None:
@@ -141,6 +143,14 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def refuse_installed(folder: Path, instead: str) -> None:
+    """Tools never write into an installed tr0n-rt (a wheel's shipped worlds)."""
+    from .paths import inside_installed_package
+
+    if inside_installed_package(folder):
+        raise Tr0nError(f"{folder} is inside the installed tr0n-rt package, which tools never write into: give {instead}")
+
+
 def cmd_train(args) -> int:
     from .paths import engines_dir
 
@@ -149,8 +159,9 @@ def cmd_train(args) -> int:
         return cmd_train_pipeline(args)
     build_world = build_time("worlds.build", "training").build_world
     out = args.out or engines_dir() / args.world
+    refuse_installed(out, "--out DIR")
     tick = time.perf_counter()
-    times = build_world(args.world, out, seed=args.seed, work_dir=args.work, threads=args.threads)
+    times = build_world(args.world, out, seed=args.seed or 0, work_dir=args.work, threads=args.threads)
     print(f"world {args.world} built into {out} in {time.perf_counter() - tick:.0f} s "
           f"({', '.join(f'{k} {v:.0f} s' for k, v in times.items())})")
     return 0
@@ -161,6 +172,7 @@ def cmd_export(args) -> int:
 
     export_bundle = build_time("bundle_export", "export").export_bundle
     source = args.pipeline if args.pipeline is not None else world_dir(args.world or DEFAULT_WORLD)
+    refuse_installed(args.out or source, "--out DIR")
     tick = time.perf_counter()
     out = export_bundle(source, args.out, fp16=not args.no_fp16, validate=not args.no_validate, progress=True,
                         graphs=args.graphs, fp16_strict=not args.fp16_lenient)
@@ -173,6 +185,7 @@ def cmd_build(args) -> int:
 
     build_engines = build_time("engines", "building engines").build_engines
     bundle = args.bundle or world_dir(args.world or DEFAULT_WORLD)
+    refuse_installed(bundle, "a copy of the bundle (cp -r BUNDLE COPY; tr0n-rt build COPY)")
     out = build_engines(bundle, batch_sizes=tuple(args.batch), copies=args.copies, components=args.components,
                         precision=args.precision, opt_level=args.opt_level, workspace_mib=args.workspace_mib,
                         timing_cache=args.timing_cache, hardware_compatible=args.hardware_compatible,
@@ -261,9 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="--pipeline: cpu or cuda (default: cpu)")
     p.add_argument("--epochs", type=whole_number(1), default=None, help="--pipeline: epochs (default: the recipe's)")
     p.add_argument("--world", default=None, choices=["shapes", "digits"], help="world to rebuild")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: engines/WORLD)")
-    p.add_argument("--work", type=Path, default=None, help="folder for synthetic pairs (default: engines/.cache)")
-    p.add_argument("--seed", type=whole_number(0), default=0, help="seed of every stage (default: 0)")
+    p.add_argument("--out", type=Path, default=None, help="--world: output folder (default: engines/WORLD)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="--world: folder for synthetic pairs (default: OUT/../.cache/WORLD-pairs-seedSEED)")
+    p.add_argument("--seed", type=whole_number(0), default=None, help="--world: seed of every stage (default: 0)")
     p.add_argument("--threads", type=whole_number(1), default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_train)
     return parser

@@ -33,11 +33,13 @@ def shard_range(text: str) -> tuple[int, int]:
 
 def json_file(text: str) -> dict:
     """A JSON object, inline or from a file."""
-    path = Path(text)
     try:
-        value = json.loads(path.read_text() if path.is_file() else text)
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a JSON object nor a file holding one ({e})") from None
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            value = json.loads(Path(text).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+            raise argparse.ArgumentTypeError(f"{text!r} is neither a JSON object nor a file holding one ({e})") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object")
     return value
@@ -70,6 +72,10 @@ def cmd_pairs(args) -> int:
 
 def cmd_train_pipeline(args) -> int:
     workflow = build_time("workflow", "training")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     tick = time.perf_counter()
     result = workflow.train_pipeline(args.pipeline, image=args.image, device=args.device, epochs=args.epochs)
     which = "image translator" if args.image else "translator"
@@ -150,3 +156,10 @@ def check_train_args(args) -> None:
     if (args.world is None) == (args.pipeline is None):
         raise ConfigError("give --world NAME (rebuild an embedded world) or --pipeline DIR (train the translator "
                           "of a pipeline made by tr0n-rt create)")
+    other = ({"--image": args.image, "--device": args.device != "cpu", "--epochs": args.epochs is not None}
+             if args.world is not None else
+             {"--out": args.out is not None, "--work": args.work is not None, "--seed": args.seed is not None})
+    given = [flag for flag, used in other.items() if used]
+    if given:
+        mode = "--world" if args.world is not None else "--pipeline"
+        raise ConfigError(f"{', '.join(given)} do(es) not apply with {mode}; see `tr0n-rt train --help`")

@@ -1,9 +1,11 @@
 """The graph contract, declared once: every graph a pipeline can have, its tensors (name, dtype, shape,
 meaning), which axes are dynamic, when a pipeline has it, and which pipeline parts it is computed from.
 
-The exporter traces and checks graphs against these specs (export/graphs.py adds the torch function
-and example inputs of each), the bundle loader requires the graphs they say a pipeline must have, the
-torch backend runs the same functions by these names, and engines are built for their dynamic axes.
+The exporter traces each graph with these input and output names and dynamic axes, and refuses an
+export that fixed a dynamic axis (export/graphs.py adds the torch function and example inputs of each);
+the bundle loader requires the graphs a pipeline must have and checks each graph's input and output
+names; the torch backend runs the same functions by these names; engines are built for the dynamic
+axes. Shapes, dtypes and meanings are documentation here (the manifest records the exported ones).
 
 Shapes name their axes. Dynamic (one engine profile each): B = batch, A = copies (augmented copies per
 image), K = components (mixture components; sample mode and prior init run K = 1). Fixed per pipeline:

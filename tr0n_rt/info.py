@@ -83,9 +83,10 @@ def next_step(folder: Path, out: dict) -> str:
         return f"tr0n-rt train --pipeline {folder}"
     if "bundle" not in out:
         return f"tr0n-rt export --pipeline {folder}"
+    query = '"a prompt"' if (out.get("pipeline") or {}).get("condition", "text") == "text" else "CLASS"
     if not out.get("engines"):
-        return (f"tr0n-rt sample --pipeline {folder} \"a prompt\"   (on an NVIDIA GPU: tr0n-rt build {folder})")
-    return f"tr0n-rt sample --pipeline {folder} \"a prompt\" --backend tensorrt --device cuda"
+        return f"tr0n-rt sample --pipeline {folder} {query}   (on an NVIDIA GPU: tr0n-rt build {folder})"
+    return f"tr0n-rt sample --pipeline {folder} {query} --backend tensorrt --device cuda"
 
 
 def render(info: dict) -> str:

@@ -20,6 +20,7 @@ install. The manifest's "judge" entry (written by export/judge_export.py) is:
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -185,11 +186,13 @@ def class_verdicts(entry: dict, probs: dict[str, np.ndarray], queries: list) -> 
 
 
 def open_judge(folder: Path):
-    """The world's judge: the bundle's judge.onnx (tr0n_rt/judge.py, no torch, whatever is installed);
-    for a pipeline folder that was never exported, its torch judge when the export extra is installed;
-    None when the folder has neither."""
-    if (folder / "manifest.json").is_file():
-        return RuntimeJudge.from_bundle(folder)
+    """The world's judge: the bundle's judge.onnx when onnxruntime is installed (no torch, whether torch is
+    installed or not); else, or for a pipeline folder that was never exported, the torch judge its
+    pipeline.json names (the export extra); None when the folder has neither."""
+    if (folder / "manifest.json").is_file() and importlib.util.find_spec("onnxruntime") is not None:
+        judge = RuntimeJudge.from_bundle(folder)
+        if judge is not None:
+            return judge
     spec = json.loads((folder / "pipeline.json").read_text()).get("judge") if (folder / "pipeline.json").is_file() else None
     if not spec:
         return None

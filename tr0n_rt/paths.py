@@ -17,6 +17,12 @@ def engines_dir() -> Path:
     return here / "engines" if (here / "engines").is_dir() else here.parent / "engines"
 
 
+def inside_installed_package(folder) -> bool:
+    """True for a folder inside an installed tr0n-rt (a wheel's tr0n_rt/engines): tools never write there."""
+    package = Path(__file__).resolve().parent
+    return package in Path(folder).resolve().parents
+
+
 def is_world_name(text: str) -> bool:
     """A bare name (no path separator, not "." or ".."): it names a shipped world, never a folder in the
     working directory (write ./NAME for that)."""
@@ -27,6 +33,6 @@ def world_dir(name: str) -> Path:
     folder = engines_dir() / name
     if not folder.is_dir():
         known = sorted(p.name for p in engines_dir().glob("*") if (p / "pipeline.json").is_file())
-        raise ConfigError(f"no world {name!r} in {engines_dir()} (found: {', '.join(known) or 'none'}); "
-                          f"build it with `tr0n-rt train --world {name}` or pass --pipeline DIR")
+        raise ConfigError(f"no world {name!r} in {engines_dir()} (found: {', '.join(known) or 'none'}); for a "
+                          f"folder of that name write ./{name} (or pass --pipeline DIR)")
     return folder

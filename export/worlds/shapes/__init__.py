@@ -1,11 +1,10 @@
 """The shapes world: one coloured shape on a plain background, small enough to show TR0N on a CPU in seconds.
 
-    renderer.py  G, a differentiable procedural renderer (registered as generator "shapes_renderer")
+    renderer.py  G, a differentiable procedural renderer (generator family "shapes_renderer")
     data.py      procedural training images, captions, prompt parsing (independent of G)
     judge.py     a three-head CNN that checks an image against a prompt (never inside the energy)
     build.py     trains the tiny CLIP and the judge: build_models(out_dir) -> world spec dict
 """
-from . import renderer  # noqa: F401  (fills the generator registry)
 from .judge import ShapesJudge
 from .renderer import ShapesRenderer
 

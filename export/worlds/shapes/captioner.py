@@ -1,4 +1,4 @@
-"""The shapes world's own captioner (registered as "shapes_attributes"): the offline stand-in for BLIP.
+"""The shapes world's own captioner ("shapes_attributes" in captioner_registry): the offline stand-in for BLIP.
 
 A three-head CNN (JudgeNet's architecture, but its own instance: another seed and its own stream of
 procedural images, so the judge stays independent of everything that builds a translator) names an
@@ -102,7 +102,8 @@ class ShapesAttributeCaptioner(Captioner):
 
     name = "shapes_attributes"
 
-    def __init__(self, weights: str | Path | None = None, width: int = 16, net: JudgeNet | None = None):
+    def __init__(self, weights: str | Path | None = None, width: int = 16, net: JudgeNet | None = None,
+                 device: str = "cpu"):  # the tiny net always runs on the CPU (attribute_logits moves images there)
         if (weights is None) == (net is None):
             raise ConfigError("give the shapes captioner exactly one of weights (a file) or net (a trained JudgeNet)")
         if net is None:
