@@ -215,3 +215,15 @@ def test_sampling_config_refuses_wrong_types_with_a_fix():
         with pytest.raises(ConfigError, match=field):
             SamplingConfig(**{field: value})
     assert SamplingConfig(steps=np.int64(3), latent_lr=1).steps == 3  # numpy ints and int learning rates are fine
+
+
+def test_tools_never_write_into_an_installed_package():
+    from tr0n_rt import paths
+    from tr0n_rt.cli import refuse_installed
+    from tr0n_rt.errors import Tr0nError
+
+    package = Path(paths.__file__).resolve().parent
+    assert paths.inside_installed_package(package / "engines" / "shapes")
+    assert not paths.inside_installed_package(package.parent / "engines" / "shapes")  # a source checkout's
+    with pytest.raises(Tr0nError, match="never write into: give --out DIR"):
+        refuse_installed(package / "engines" / "shapes", "--out DIR")
