@@ -25,7 +25,7 @@ from tr0n_rt.export.checkpoints import save_state
 from tr0n_rt.export.pairs import PairsSpec, make_pairs, pairs_bytes, shard_path
 from tr0n_rt.export.train_translator import TrainConfig, fit_translator
 from tr0n_rt.export.translator import TranslatorConfig
-from tr0n_rt.export.workflow import pipeline_models
+from tr0n_rt.export.pipeline import load_models
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from random_pipeline import build_random_pipeline  # noqa: E402
@@ -35,7 +35,7 @@ MILLION = 1_000_000
 
 def time_pairs(folder: Path, pairs: int, batches: list[int], device: str) -> list[dict]:
     spec = json.loads((folder / "pipeline.json").read_text())
-    g, f = pipeline_models(folder, spec, device)
+    g, f = load_models(folder, spec)  # make_pairs moves them to `device`
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         make_pairs(g, f, batches[0], Path(tmp) / "warmup", batch_size=batches[0], device=device, progress=False)

@@ -96,14 +96,23 @@ class TorchPipeline:
             raise CheckpointError(f"{folder} has no trained translator yet: make pairs and train it "
                                   f"(`tr0n-rt pairs {folder}`, then `tr0n-rt train --pipeline {folder}`), or "
                                   f"import one trained with the reference code (`tr0n-rt import-translator {folder} FILE`)")
-        generator = build_part(folder, spec["generator"], build_generator, "generator")
-        condition_model = build_part(folder, spec["condition_model"], build_condition_model, "condition_model")
+        generator, condition_model = load_models(folder, spec)
         translator = load_translator(folder, spec["translator"])
         image_translator = load_translator(folder, spec["image_translator"]) if spec.get("image_translator") else None
         aesthetic = None
         if spec.get("aesthetic"):
             aesthetic = load_weights(AestheticHead(condition_model.cond_dim), folder / spec["aesthetic"]["weights"])
         return cls(folder, spec, generator, condition_model, translator, image_translator, aesthetic)
+
+
+def load_models(folder: Path, spec: dict):
+    """A pipeline's generator and condition model from pipeline.json `spec` (eval, no grad; the condition
+    model's resize prepared for the generator's image size): what pairs, training and sampling share."""
+    g = build_part(folder, spec["generator"], build_generator, "generator").eval().requires_grad_(False)
+    f = build_part(folder, spec["condition_model"], build_condition_model, "condition_model").eval().requires_grad_(False)
+    if hasattr(f, "prepare_for"):
+        f.prepare_for(g.image_size)
+    return g, f
 
 
 def load_translator(folder: Path, part: dict) -> TranslatorGMM:

@@ -61,10 +61,10 @@ class TrainConfig:
                       positive=("lr", "nll_scale", "grad_clip"), non_negative=("condition_noise",))
 
 
-def check_numbers(cfg, wholes: dict[str, int] = {}, positive=(), non_negative=()) -> None:  # noqa: B006
+def check_numbers(cfg, wholes: dict[str, int] | None = None, positive=(), non_negative=()) -> None:
     """ConfigError unless cfg's `wholes` are whole numbers >= their minimum (not bool, not 2.5) and the
     other named fields finite numbers > 0 (positive) or >= 0 (non_negative)."""
-    for name, minimum in wholes.items():
+    for name, minimum in (wholes or {}).items():
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
             raise ConfigError(f"{name} must be a whole number >= {minimum}, got {v!r}")

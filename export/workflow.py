@@ -19,7 +19,7 @@ from tr0n_rt.info import PAIRS_DIR, TRAINING_DIR
 
 from .create import read_recipe
 from .models.registry import build_condition_model, build_generator
-from .pipeline import build_part, set_translator
+from .pipeline import load_models, set_translator
 from .translator import TranslatorConfig, import_reference_checkpoint
 
 
@@ -34,15 +34,6 @@ def pipeline_spec(folder: Path) -> dict:
     if not isinstance(spec, dict):
         raise ConfigError(f"{path} is not a JSON object: create the pipeline again")
     return spec
-
-
-def pipeline_models(folder: Path, spec: dict, device: str = "cpu"):
-    """The pipeline's generator and condition model (eval, no grad) on device."""
-    g = build_part(folder, spec["generator"], build_generator, "generator").eval().requires_grad_(False)
-    f = build_part(folder, spec["condition_model"], build_condition_model, "condition_model").eval().requires_grad_(False)
-    if hasattr(f, "prepare_for"):
-        f.prepare_for(g.image_size)
-    return g.to(device), f.to(device)
 
 
 def make_pipeline_pairs(folder, count: int | None = None, batch_size: int = 64, device: str = "cpu",
@@ -74,7 +65,7 @@ def make_pipeline_pairs(folder, count: int | None = None, batch_size: int = 64, 
 
         captions = {"captioner": build_captioner(captioner, captioner_config, device=device),
                     "tokenizer": tokenizer_from_dict(spec["tokenizer"])}
-    g, f = pipeline_models(folder, spec)  # on the CPU: make_pairs moves them to `device` and back
+    g, f = load_models(folder, spec)  # on the CPU: make_pairs moves them to `device` and back
     return make_pairs(g, f, count, folder / PAIRS_DIR, seed=recipe.pairs_seed, shard_size=shard_size,
                       batch_size=batch_size, device=device, shards=shards, progress=progress, **captions)
 

@@ -17,9 +17,8 @@ from tr0n_rt.atomic import write_bytes
 from tr0n_rt.settings import SamplingConfig
 
 from ..augment import AugmentConfig
-from ..models.registry import build_condition_model, build_generator
 from ..pairs import load_pairs, make_pairs
-from ..pipeline import build_part, write_pipeline
+from ..pipeline import load_models, write_pipeline
 from ..train_translator import TrainConfig, train_translator
 from ..translator import TranslatorConfig
 from . import WORLDS, world_module
@@ -51,8 +50,7 @@ def build_world(name: str, out_dir: str | Path, seed: int = 0, work_dir: str | P
     times["models"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    g = build_part(out_dir, parts["generator"], build_generator, "generator").eval().requires_grad_(False)
-    f = build_part(out_dir, parts["condition_model"], build_condition_model, "condition_model").eval().requires_grad_(False)
+    g, f = load_models(out_dir, parts)
     tr = info["translator"]
     make_pairs(g, f, tr["n_pairs"], work_dir, seed=seed, progress=progress)
     times["pairs"] = time.perf_counter() - tick
@@ -106,8 +104,7 @@ def add_image_features(name: str, out_dir: str | Path, seed: int = 0, work_dir: 
     out_dir = Path(out_dir)
     spec = json.loads((out_dir / "pipeline.json").read_text())
     work_dir = Path(work_dir) if work_dir else out_dir.parent / ".cache" / f"{name}-pairs-seed{seed}"
-    g = build_part(out_dir, spec["generator"], build_generator, "generator").eval().requires_grad_(False)
-    f = build_part(out_dir, spec["condition_model"], build_condition_model, "condition_model").eval().requires_grad_(False)
+    g, f = load_models(out_dir, spec)
     make_pairs(g, f, importlib.import_module(f"{__package__}.{name}.build").WORLD_INFO["translator"]["n_pairs"],
                work_dir, seed=seed, progress=progress)
     z, c, _ = load_pairs(work_dir)
