@@ -36,6 +36,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 from tr0n_rt.export.augment import diff_augment
 from tr0n_rt.export.step import energy_and_grads, langevin_step, mix
+from tr0n_rt.settings import HPARAM_NAMES, SamplingConfig
 
 STAGES = ("generator_forward", "augment_forward", "encoder_forward", "backward", "update")
 
@@ -114,7 +115,7 @@ def step_inputs(energy, batch: int, copies: int, components: int, cond_dim: int,
     return {"state": state, "condition": torch.randn(batch, cond_dim, device=device),
             "aug_noise": torch.rand(batch, max(copies, 1), 8, device=device),
             "sgld_noise": torch.randn(batch, components, d, device=device),
-            "hparams": torch.tensor([0.1, 0.99, 0.01, 5e-3, 1.0, 1e-8], device=device)}
+            **{n: torch.from_numpy(v).to(device) for n, v in SamplingConfig().hparams().items()}}
 
 
 def step_cost(energy, batch: int, copies: int, components: int, cond_dim: int, device="meta") -> dict:
@@ -135,7 +136,7 @@ def step_cost(energy, batch: int, copies: int, components: int, cond_dim: int, d
     traffic = Traffic(weights)
     with FlopCounterMode(display=False) as counter, traffic, \
             torch.autograd.graph.saved_tensors_hooks(traffic.save_hook, lambda t: t):
-        langevin_step(energy, st, c, u, x["sgld_noise"], x["hparams"], aesthetic_weight=alpha)
+        langevin_step(energy, st, c, u, x["sgld_noise"], {n: x[n] for n in HPARAM_NAMES}, aesthetic_weight=alpha)
     total = counter.get_total_flops()
     flops = {"generator_forward": gen, "augment_forward": aug, "encoder_forward": forward - gen - aug,
              "backward": grads - forward, "update": total - grads}

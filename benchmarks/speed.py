@@ -41,7 +41,7 @@ def step_inputs(info, batch: int, copies: int, seed: int = 0) -> dict:
     c /= np.linalg.norm(c, axis=1, keepdims=True)
     return {**state, "condition": c, "aug_noise": rng.random((batch, copies, 8), dtype=np.float32),
             "sgld_noise": rng.standard_normal((batch, k, d), dtype=np.float32),
-            "hparams": info.sampling.hparams(),
+            **info.sampling.hparams(),
             **({"aesthetic_weight": np.array([info.sampling.aesthetic_weight], np.float32)} if info.aesthetic else {})}
 
 

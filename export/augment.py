@@ -15,7 +15,7 @@ u layout per copy (AUG_DIM = 8, tr0n_rt/graphs.py):
 Fills are 0 (grey). u = IDENTITY_AUG leaves the image unchanged (up to rounding): that is how
 "no augmentation" runs through the same graphs (one copy of identity noise).
 Deviation from the reference: its resize ratio is one per batch; here it is one per copy, so a batch
-of prompts gives the same images as one prompt at a time.
+of prompts draws the same augmentations as one prompt at a time.
 """
 from __future__ import annotations
 

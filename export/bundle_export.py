@@ -20,11 +20,14 @@ from pathlib import Path
 import onnx
 
 from tr0n_rt.atomic import atomic_path, write_bytes
-from tr0n_rt.bundle import FORMAT, SCHEMA_VERSION, file_entry, sha256_file
+from tr0n_rt import noise
+from tr0n_rt.backends.onnxruntime import SESSION_SETTINGS
+from tr0n_rt.bundle import FORMAT, SCHEMA_VERSION, SPEC_FILE, file_entry, sha256_file
 from tr0n_rt.errors import ConfigError
 from tr0n_rt.graphs import GraphSpec, graph_parts
 
 from . import fp16 as fp16_mod
+from .clean import strip_build_metadata
 from .graphs import export_graph, graph_specs
 from .onnx_fixes import (conv_grads_as_conv, decompose_layer_norms, expanded_weight_reads, fold_expanded_weights,
                          outputs_from_nodes, pool_grads_as_resize, scatter_gather_nd)
@@ -164,7 +167,10 @@ def export_bundle(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike | 
         _export_graphs(p, stage, graphs, fp16, validate, fp16_strict, external_data_threshold, progress,
                        entries, files, report)
         judge = _export_judge(p, pipeline_dir, stage, graphs, files, judge)
-        manifest = _manifest(p, entries, judge, files, report, validate, parts)  # before anything in `out` changes
+        tokenizer = _stage_companions(p, stage, files)
+        sources = {f.name: file_entry(f) for f in sorted(out.iterdir())  # the pipeline's own files, if out holds them
+                   if f.is_file() and not f.name.startswith(".") and f.name != "manifest.json" and f.name not in files}
+        manifest = _manifest(p, entries, judge, files, report, validate, parts, tokenizer, sources)  # before `out` changes
         backup, moved = stage / ".replaced", []
         try:
             _move_into(stage, out, files, backup, moved)
@@ -177,15 +183,32 @@ def export_bundle(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike | 
     return out
 
 
+def _stage_companions(p: TorchPipeline, stage: Path, files: dict) -> dict | None:
+    """The format spec (SPEC_FILE) and the tokenizer's files into `stage`, listed in `files`; returns the
+    manifest's tokenizer entry: a CLIP tokenizer names its BPE merges file (`bpe_file`), now in the bundle."""
+    spec_source = Path(__file__).resolve().parents[1] / "docs" / "bundle-format.md"  # a wheel: tr0n_rt/docs
+    shutil.copyfile(spec_source, stage / SPEC_FILE)
+    files[SPEC_FILE] = file_entry(stage / SPEC_FILE)
+    tokenizer = p.spec.get("tokenizer")
+    if not tokenizer or tokenizer.get("kind") != "clip_bpe":
+        return tokenizer
+    from tr0n_rt.tokenizer import BPE_FILENAME, tokenizer_from_dict
+
+    bpe = Path(tokenizer_from_dict(tokenizer).bpe_path)
+    shutil.copyfile(bpe, stage / BPE_FILENAME)
+    files[BPE_FILENAME] = file_entry(stage / BPE_FILENAME)
+    return {"kind": "clip_bpe", "context_length": tokenizer.get("context_length", 77), "bpe_file": BPE_FILENAME}
+
+
 def _manifest(p: TorchPipeline, entries: dict, judge, files: dict, report: dict, validate: bool,
-              parts: dict | None) -> bytes:
+              parts: dict | None, tokenizer: dict | None, sources: dict) -> bytes:
     """manifest.json's bytes (serialised here, so a bad value fails before the bundle is touched)."""
     import onnxruntime
     import torch
 
-    tokenizer = p.spec.get("tokenizer")
     manifest = {
-        "format": FORMAT, "schema_version": SCHEMA_VERSION, "name": p.name,
+        "format": FORMAT, "schema_version": SCHEMA_VERSION, "spec": {"file": SPEC_FILE, "version": SCHEMA_VERSION},
+        "name": p.name,
         "condition": {"kind": p.condition, "dim": p.translator.config.cond_dim, "classes": p.classes},
         "latent": {"dim": p.generator.latent.dim, "bounds": p.generator.latent.bounds},
         "mixture": {"components": p.translator.config.num_components},
@@ -195,9 +218,12 @@ def _manifest(p: TorchPipeline, entries: dict, judge, files: dict, report: dict,
         "aesthetic": {"dim": p.translator.config.cond_dim} if p.aesthetic is not None else None,
         "augment": {**asdict(p.augment), "policy": list(p.augment.policy)},
         "sampling": p.sampling.to_dict(),
+        "noise": {"scheme": "philox4x32-10", "version": noise.VERSION},
         "graphs": entries,
         "judge": judge,
+        "onnxruntime": SESSION_SETTINGS,
         "files": files,
+        "sources": sources,
         "export": {"exporter": "make_fx (symbolic, autograd traced) + torch.onnx.export(dynamo=True)",
                    "opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__,
                    "onnxruntime": onnxruntime.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -220,6 +246,7 @@ def _export_graphs(p: TorchPipeline, stage: Path, graphs, fp16: bool, validate: 
         folded = fold_expanded_weights(model)
         convs, pools = conv_grads_as_conv(model), pool_grads_as_resize(model)
         norms, routed = decompose_layer_norms(model), outputs_from_nodes(model)
+        stripped = strip_build_metadata(model)  # build paths and stack traces stay on the build machine
         problems = (expanded_weight_reads(model) + unsupported_ops(model)
                     + scatter_gather_nd(model, allow_gather=spec.name == "text_encoder"))
         if problems:
@@ -228,7 +255,8 @@ def _export_graphs(p: TorchPipeline, stage: Path, graphs, fp16: bool, validate: 
                  "outputs": tensor_specs(model.graph.output)}
         check_dynamic_axes(spec, entry["inputs"])
         info = {"export_seconds": None, "expanded_weights_folded": folded, "conv_grads_as_conv": convs,
-                "pool_grads_as_resize": pools, "layer_norms_decomposed": norms, "outputs_through_identity": routed}
+                "pool_grads_as_resize": pools, "layer_norms_decomposed": norms, "outputs_through_identity": routed,
+                "build_metadata_removed": stripped}
         path16 = stage / f"{spec.name}.fp16.onnx"
         model16 = fp16_mod.to_fp16(model) if fp16 else None  # before save_graph may move the weights out
         written = save_graph(model, path, external_data_threshold)

@@ -3,7 +3,7 @@
 TensorRT 11 builds only strongly typed networks, so precision must be in the graph itself. Kept in
 float32: normalisation and softmax (FP16 LayerNorm/softmax overflow is a known TensorRT failure),
 reductions, exp/log/pow/sqrt, everything computed from the optimizer state (Adam's second moment
-~1e-12 underflows in FP16), i.e. every node reachable from the step graph's state and hparams inputs,
+~1e-12 underflows in FP16), i.e. every node reachable from the step graph's state and hyperparameter inputs,
 the nodes export/onnx_fixes.py named with FLOAT32_TAG (the layer norms it decomposed),
 and the augmentation parameters computed from aug_noise alone (shifts, crop sizes and cutout squares
 are floor()s of it: rounded to FP16 they pick other pixels, and the gradient cosine fell to 0.9975).
@@ -26,12 +26,14 @@ import heapq
 import onnx
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+from tr0n_rt.settings import HPARAM_NAMES
+
 from .onnx_fixes import FLOAT32_TAG, infer_shapes, outputs_from_nodes, remove_unused_initializers
 
 FP32_OPS = ["LayerNormalization", "BatchNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum",
             "ReduceMax", "ReduceL2", "Sqrt", "Pow", "Exp", "Log", "Erf", "Reciprocal", "Div"]
 # Inputs whose downstream arithmetic is the optimizer update (not the energy or its gradient).
-OPTIMIZER_INPUTS = ("velocity", "adam_m", "adam_v", "step", "hparams", "sgld_noise")
+OPTIMIZER_INPUTS = ("velocity", "adam_m", "adam_v", "step", "sgld_noise") + HPARAM_NAMES
 NOISE_INPUTS = ("aug_noise",)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from tr0n_rt.graphs import AUG_DIM, BATCH, COMPONENTS, COPIES, STATE_NAMES, GraphSpec, pipeline_graphs
-from tr0n_rt.settings import SamplingConfig
+from tr0n_rt.settings import HPARAM_NAMES, SamplingConfig
 
 from .gradient import trace
 from .pipeline import TorchPipeline
@@ -48,14 +48,18 @@ def graph_function(p: TorchPipeline, name: str):
     def energy_fn(latent, condition, aug_noise):
         return tuple(energy.graph_outputs(latent, condition, aug_noise).values())  # spec order: energy, aesthetic
 
-    def step(means, logits, velocity, adam_m, adam_v, step, condition, aug_noise, sgld_noise, hparams):
+    # make_fx traces exactly the arguments a function declares: the hyperparameters one by one (HPARAM_NAMES)
+    def step(means, logits, velocity, adam_m, adam_v, step, condition, aug_noise, sgld_noise,
+             latent_lr, momentum, noise_std, logits_lr, clip_norm, adam_eps):
         state = dict(zip(STATE_NAMES, (means, logits, velocity, adam_m, adam_v, step)))
+        hparams = dict(zip(HPARAM_NAMES, (latent_lr, momentum, noise_std, logits_lr, clip_norm, adam_eps)))
         new, e = langevin_step(energy, state, condition, aug_noise, sgld_noise, hparams, bound)
         return tuple(new[n] for n in STATE_NAMES) + (e,)
 
-    def aesthetic_step(means, logits, velocity, adam_m, adam_v, step, condition, aug_noise, sgld_noise, hparams,
-                       aesthetic_weight):  # make_fx traces exactly the arguments a function declares
+    def aesthetic_step(means, logits, velocity, adam_m, adam_v, step, condition, aug_noise, sgld_noise,
+                       latent_lr, momentum, noise_std, logits_lr, clip_norm, adam_eps, aesthetic_weight):
         state = dict(zip(STATE_NAMES, (means, logits, velocity, adam_m, adam_v, step)))
+        hparams = dict(zip(HPARAM_NAMES, (latent_lr, momentum, noise_std, logits_lr, clip_norm, adam_eps)))
         new, e = langevin_step(energy, state, condition, aug_noise, sgld_noise, hparams, bound, aesthetic_weight)
         return tuple(new[n] for n in STATE_NAMES) + (e,)
 
@@ -102,7 +106,7 @@ def example_inputs(p: TorchPipeline, name: str, batch: int = 2, copies: int = 3,
         "adam_v": 1e-6 * torch.rand(batch, k, d, generator=g),
         "step": torch.tensor([float(seed % 50)]),  # distinct per validation case (a random draw could repeat)
         "condition": cond, "aug_noise": aug, "sgld_noise": torch.randn(batch, k, d, generator=g),
-        "hparams": torch.from_numpy(SamplingConfig().hparams()),  # the paper preset's, in HPARAM_NAMES order
+        **{n: torch.from_numpy(v) for n, v in SamplingConfig().hparams().items()},  # the paper preset's
         **({"aesthetic_weight": torch.rand(1, generator=g) + 0.5} if p.aesthetic is not None else {}),
     }
 

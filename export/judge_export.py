@@ -20,6 +20,7 @@ from torch.export import Dim
 from tr0n_rt.atomic import atomic_path
 from tr0n_rt.errors import ConfigError
 
+from .clean import strip_build_metadata
 from .validate import FP32_RTOL, ValidationError, rel_err
 from .worlds import judge_from_spec
 
@@ -64,6 +65,8 @@ def export_judge(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
                           opset_version=OPSET, input_names=[INPUT], output_names=heads, external_data=False,
                           verbose=False)
         model = onnx.load(str(tmp))
+        strip_build_metadata(model)  # build paths and stack traces stay on the build machine
+        onnx.save(model, str(tmp))
         onnx.checker.check_model(model)
         max_err = validate_judge(graph, tmp, entry)
     entry["validation"] = {"max_rel_err": max_err, "tolerance": FP32_RTOL}

@@ -67,17 +67,15 @@ def langevin_step(
     condition: torch.Tensor,  # [B, d_c]
     aug_noise: torch.Tensor,  # [B, A, 8] uniform [0, 1)
     sgld_noise: torch.Tensor,  # [B, K, D] standard normal
-    hparams: torch.Tensor,  # [6] in HPARAM_NAMES order: latent_lr, momentum, noise_std, logits_lr, clip_norm, adam_eps
+    hparams: dict[str, torch.Tensor],  # HPARAM_NAMES -> [1]: latent_lr, momentum, noise_std, logits_lr, clip_norm, adam_eps
     bound: float | None = None,
     aesthetic_weight: torch.Tensor | None = None,  # [1] alpha, pipelines with an aesthetic head only
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One step; returns the new state and E [B] at the state it was given.
 
-    alpha is its own input, not an hparams entry: the FP16 converter keeps everything reachable from
-    hparams in float32 (the optimizer), and alpha scales the whole backward of the aesthetic term."""
-    h = dict(zip(HPARAM_NAMES, hparams.unbind(0)))
-    latent_lr, momentum, noise_std, logits_lr, clip_norm, eps = (h[n] for n in (
-        "latent_lr", "momentum", "noise_std", "logits_lr", "clip_norm", "adam_eps"))
+    alpha is not among the optimizer's hyperparameters: the FP16 converter keeps everything reachable from
+    those in float32 (the optimizer), and alpha scales the whole backward of the aesthetic term."""
+    latent_lr, momentum, noise_std, logits_lr, clip_norm, eps = (hparams[n] for n in HPARAM_NAMES)
     e, g_mu, g_pi = energy_and_grads(energy, state["means"], state["logits"], condition, aug_noise,
                                      aesthetic_weight)
     g_mu = clip_per_sample(g_mu, clip_norm)
@@ -92,7 +90,7 @@ def langevin_step(
     t = state["step"] + 1
     adam_m = b1 * state["adam_m"] + (1 - b1) * g_pi
     adam_v = b2 * state["adam_v"] + (1 - b2) * g_pi * g_pi
-    # eps comes in with hparams: the ONNX exporter's optimizer folds a constant `+ 1e-8` away as if it
+    # eps is an input: the ONNX exporter's optimizer folds a constant `+ 1e-8` away as if it
     # were 0, and then 0 / 0 = NaN wherever a logit gradient is exactly 0 (sample mode, K = 1)
     denom = (adam_v.sqrt() / torch.sqrt(1 - b2**t)) + eps
     logits = state["logits"] - (logits_lr / (1 - b1**t)) * adam_m / denom

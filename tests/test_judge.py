@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from tr0n_rt.bundle import file_entry  # noqa: E402
+from tr0n_rt.bundle import SCHEMA_VERSION, SPEC_FILE, file_entry  # noqa: E402
 from tr0n_rt.errors import BundleError, PromptError, ShapeError  # noqa: E402
 from tr0n_rt.export.judge_export import JUDGE_FILE, export_judge  # noqa: E402
 from tr0n_rt.export.worlds import judge_from_spec  # noqa: E402
@@ -40,7 +40,7 @@ def judge_spec(world: str) -> dict:
     return {"family": "shapes_judge", "config": ShapesJudgeNet().config(), "weights": "judge.safetensors"}
 
 
-def write_manifest(folder: Path, condition: str, judge: dict | None, files: dict) -> None:
+def write_manifest(folder: Path, condition: str, judge: dict | None, files: dict, tokenizer: dict | None = None) -> None:
     """A manifest that load_bundle(verify=False) accepts; its graphs are declared by the contract but
     absent, since only the judge is used here. `judge` and `files` are what export_bundle adds for it."""
     from tr0n_rt.graphs import pipeline_graphs
@@ -48,11 +48,12 @@ def write_manifest(folder: Path, condition: str, judge: dict | None, files: dict
     graphs = {s.name: {"files": {"fp32": f"{s.name}.onnx"}, "inputs": {n: {} for n in s.inputs},
                        "outputs": {n: {} for n in s.outputs}} for s in pipeline_graphs(condition)}
     manifest = {
-        "format": "tr0n-rt.bundle", "schema_version": 1, "name": folder.name,
+        "format": "tr0n-rt.bundle", "schema_version": SCHEMA_VERSION, "spec": {"file": SPEC_FILE, "version": SCHEMA_VERSION},
+        "name": folder.name,
         "condition": {"kind": condition, "dim": 10, "classes": [str(i) for i in range(10)]},
         "latent": {"dim": 8, "bounds": None}, "mixture": {"components": 1}, "image": {"size": 32, "channels": 1},
-        "tokenizer": {}, "sampling": {}, "graphs": graphs,
-        "files": {**{f"{g}.onnx": {"sha256": "0" * 64, "bytes": 0} for g in graphs}, **files},
+        "tokenizer": tokenizer or {}, "sampling": {}, "graphs": graphs, "sources": {},
+        "files": {**{f: {"sha256": "0" * 64, "bytes": 0} for f in [*(f"{g}.onnx" for g in graphs), SPEC_FILE]}, **files},
     }
     if judge is not None:
         manifest["judge"] = judge
@@ -67,7 +68,8 @@ def make_bundle(tmp_path_factory, world: str, condition: str):
     (src / "pipeline.json").write_text(json.dumps({"judge": spec}))
     out = tmp_path_factory.mktemp(f"{world}_bundle")
     name, entry = export_judge(src, out)
-    write_manifest(out, condition, entry, {name: file_entry(out / name)})
+    tokenizer = json.loads((ENGINES / world / "pipeline.json").read_text()).get("tokenizer")
+    write_manifest(out, condition, entry, {name: file_entry(out / name)}, tokenizer)
     return out, judge_from_spec(spec, src), entry
 
 

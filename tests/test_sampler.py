@@ -2,6 +2,8 @@
 from pathlib import Path
 
 import numpy as np
+
+from tr0n_rt import noise
 import pytest
 
 from tr0n_rt.backends import open_backend
@@ -95,7 +97,7 @@ def test_class_pipeline_takes_classes(tiny_class_pipeline):
 def test_prior_init_starts_from_the_seeded_standard_normal(text_sampler):
     c = text_sampler.encode_text(["a red circle", "a blue square"])
     out = text_sampler.sample(c, [3, 4], SamplingConfig(steps=0, init="prior"))
-    expected = np.stack([np.random.default_rng(s).standard_normal(8, dtype=np.float32) for s in (3, 4)])
+    expected = noise.normal(np.array([3, 4], np.uint64), noise.INIT, 0, (8,))  # the spec's stream INIT, step 0
     np.testing.assert_array_equal(out.latents, expected)
     moved = text_sampler.sample(c, [3, 4], SamplingConfig(steps=3, copies=2, init="prior"))
     assert np.abs(moved.latents - expected).max() > 1e-3
@@ -145,8 +147,10 @@ def test_generate_refuses_unclear_requests(text_sampler):
             text_sampler.generate(["a circle"], samples=samples)
     with pytest.raises(ConfigError, match="seed must be a whole number >= 0"):
         text_sampler.generate(["a circle"], seed=-1)
-    with pytest.raises(ConfigError, match=r"seeds must be whole numbers >= 0.*\[-3\]"):
+    with pytest.raises(ConfigError, match=r"seeds must be whole numbers in \[0, 2\^64\).*\[-3\]"):
         text_sampler.sample(text_sampler.encode_text(["a circle"]), [-3])
+    with pytest.raises(ConfigError, match=r"in \[0, 2\^64\), got \[18446744073709551616\]"):
+        text_sampler.sample(text_sampler.encode_text(["a circle"]), [2**64])
     with pytest.raises(ConfigError, match="unknown output 'gpu'"):
         text_sampler.generate(["a circle"], output="gpu")
     with pytest.raises(ShapeError, match=r"expected \[batch, 16\]"):

@@ -35,7 +35,7 @@ def test_step_equals_reference_optimizer_loop(energy, bound):
     state = initial_state(means, logits)
     ours = []
     for aug, noise in zip(augs, noises):
-        state, e = langevin_step(energy, state, c, aug, noise, torch.from_numpy(HP.hparams()), bound)
+        state, e = langevin_step(energy, state, c, aug, noise, {n: torch.from_numpy(v) for n, v in HP.hparams().items()}, bound)
         ours.append(e)
     w, pi, e_ref = reference_sample(energy, means, state_logits(logits, d), c, augs, noises, HP, bound)
     torch.testing.assert_close(torch.stack(ours), e_ref, rtol=1e-5, atol=1e-6)
@@ -57,7 +57,7 @@ def test_clipping_and_optimizer_state_are_per_sample(energy):
     c = torch.nn.functional.normalize(torch.randn(b, 16), dim=-1)
     augs = [torch.rand(b, 3, 8) for _ in range(3)]
     noises = [torch.randn(b, k, d) for _ in range(3)]
-    hp = torch.from_numpy(HP.hparams())
+    hp = {n: torch.from_numpy(v) for n, v in HP.hparams().items()}
     batch = initial_state(means, logits)
     for aug, noise in zip(augs, noises):
         batch, _ = langevin_step(energy, batch, c, aug, noise, hp)

@@ -54,7 +54,7 @@ def test_profiles_cover_batch_copies_and_components_of_each_graph(text_bundle):
     assert [(p["batch"], p["copies"], p["components"]) for p in step] == [(1, 4, 1), (1, 4, 3), (8, 4, 1), (8, 4, 3)]
     p = step[3]["shapes"]
     assert p["means"] == [8, 3, 8] and p["aug_noise"] == [8, 4, 8] and p["condition"] == [8, 16]
-    assert p["step"] == [1] and p["hparams"] == [6]
+    assert p["step"] == [1] and p["latent_lr"] == [1] and p["adam_eps"] == [1]
     translator = plan_profiles(m, "translator", batch_sizes=(1, 8, 32))
     assert translator == [{"batch": b, "shapes": {"condition": [b, 16]}} for b in (1, 8, 32)]
     energy = plan_profiles(m, "energy", batch_sizes=(2,), copies=(8, 1))

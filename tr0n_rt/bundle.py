@@ -1,16 +1,19 @@
-"""A bundle: the contract between export (torch) and the runtime (no torch). Documented here, once.
+"""A bundle: the contract between export (torch) and the runtime (no torch), and what a client in any
+language runs. The format is specified, for such clients, in docs/bundle-format.md (carried in every
+bundle as BUNDLE-FORMAT.md); this is its reader. A bundle is a folder with `manifest.json` and:
 
-A bundle is a folder with `manifest.json` and the files it lists:
-
-    format          "tr0n-rt.bundle";  schema_version  1
+    format          "tr0n-rt.bundle";  schema_version  2;  spec  {"file": "BUNDLE-FORMAT.md", "version": 2}
     name            pipeline name (e.g. "shapes")
     condition       {"kind": "text" | "class", "dim": d_c, "classes": [names] | null}
     latent          {"dim": D, "bounds": b | null}          refined latents are clamped to [-b, b]
     mixture         {"components": K}
     image           {"size": H, "channels": C}              generator output, in [-1, 1]
-    tokenizer       tokenizer_from_dict() input | null      (text bundles)
+    tokenizer       {"kind": "words", "vocab", "aliases"?, "context_length"} |
+                    {"kind": "clip_bpe", "context_length", "bpe_file"} (the BPE merges, a listed file) | null
     augment         DiffAugment policy the energy graphs were exported with
     sampling        default SamplingConfig fields
+    noise           {"scheme": "philox4x32-10", "version": 1}: the host noise (tr0n_rt/noise.py)
+    onnxruntime     how the reference runtime makes its sessions (backends/onnxruntime.SESSION_SETTINGS)
     graphs          {name: {"files": {"fp32": file, "fp16": file?}, "inputs": {tensor: {"dtype", "shape"}},
                             "outputs": {...}}}              shapes name the dynamic axes "batch", "copies", "components"
     image_input     {"size": S, "mean": [3], "std": [3], "resize", "crop"} | null: how a user's image becomes
@@ -19,7 +22,11 @@ A bundle is a folder with `manifest.json` and the files it lists:
     judge           the world's independent judge as judge.onnx + its prompt rule | null (tr0n_rt/judge.py)
     files           {file: {"sha256": hex, "bytes": n}}     every file the bundle needs, checked on load:
                     graph files, and the weights file `{graph file}.data` of a graph saved with external
-                    data (weights over 1 GiB; the graph names it as its initializers' location)
+                    data (weights over 1 GiB; the graph names it as its initializers' location), the judge,
+                    the tokenizer's file and BUNDLE-FORMAT.md
+    sources         {file: {"sha256", "bytes"}}: every other file the folder held at export (a pipeline
+                    folder exported into itself: pipeline.json, weights, prompts), checked on load too, so a
+                    retrained translator is caught; sub-folders (pairs/, training/) are not part of a bundle
     export          exporter, opset, library versions, validation figures (informational)
 
 Graph names and tensor meanings are those of tr0n_rt/graphs.py.
@@ -32,12 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends.base import PipelineInfo
-from .errors import BundleError, ConfigError
+from .errors import BundleError, BundleVersionError, ConfigError
 from .graphs import GRAPHS, pipeline_graphs, required_graphs
 from .settings import SamplingConfig
 
 FORMAT = "tr0n-rt.bundle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SPEC_FILE = "BUNDLE-FORMAT.md"
 PRECISIONS = ("fp32", "fp16")
 
 
@@ -123,13 +131,20 @@ def load_bundle(folder: str | Path, verify: bool = True) -> Bundle:
                           f"expected {FORMAT!r}")
     version = _field(m, "schema_version", int, path)
     if version != SCHEMA_VERSION:
-        raise BundleError(f"{path}: schema_version {version} is not supported (this tr0n-rt reads "
-                          f"{SCHEMA_VERSION}); re-export the bundle with this version")
+        newer = version > SCHEMA_VERSION
+        raise BundleVersionError(
+            f"{path}: bundle format version {version}, and this tr0n-rt reads version {SCHEMA_VERSION}: "
+            + ("upgrade tr0n-rt to read it" if newer else
+               f"re-export it from its pipeline folder with `tr0n-rt export --pipeline PIPELINE_DIR --out {folder}` "
+               "(an embedded world: `tr0n-rt export --world NAME`)"))
     kind = _field(m, "condition.kind", str, path)
     if kind not in ("text", "class"):
         raise BundleError(f"{path}: field 'condition.kind' is {kind!r}, expected 'text' or 'class'")
     if kind == "text" and not isinstance(m.get("tokenizer"), dict):
         raise BundleError(f"{path}: a text bundle needs field 'tokenizer'")
+    if m.get("spec") != {"file": SPEC_FILE, "version": SCHEMA_VERSION}:
+        raise BundleError(f"{path}: field 'spec' is {m.get('spec')!r}, expected "
+                          f"{{'file': {SPEC_FILE!r}, 'version': {SCHEMA_VERSION}}}; re-export the bundle")
     if kind == "class" and not isinstance(m["condition"].get("classes"), list):
         raise BundleError(f"{path}: a class bundle needs field 'condition.classes'")
     graphs = _field(m, "graphs", dict, path)
@@ -141,7 +156,8 @@ def load_bundle(folder: str | Path, verify: bool = True) -> Bundle:
     if unknown:
         raise BundleError(f"{path}: unknown graph(s) {', '.join(unknown)} in field 'graphs' (known: {', '.join(GRAPHS)})")
     files = _field(m, "files", dict, path)
-    for name, meta in files.items():
+    sources = _field(m, "sources", dict, path)
+    for name, meta in {**files, **sources}.items():
         if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or not isinstance(meta.get("bytes"), int):
             raise BundleError(f"{path}: files.{name} is {meta!r}, expected {{'bytes': int, 'sha256': str}}; "
                               "the manifest is damaged: re-export the bundle")
@@ -184,13 +200,30 @@ def load_bundle(folder: str | Path, verify: bool = True) -> Bundle:
         latent_dim=_field(m, "latent.dim", int, path), num_components=_field(m, "mixture.components", int, path),
         image_size=_field(m, "image.size", int, path), channels=_field(m, "image.channels", int, path),
         latent_bounds=m["latent"].get("bounds"),
-        tokenizer=m.get("tokenizer"), classes=m["condition"].get("classes"), sampling=sampling,
+        tokenizer=_tokenizer(m, folder, files, path), classes=m["condition"].get("classes"), sampling=sampling,
         image_input=m.get("image_input") if "image_encoder" in graphs else None,
         image_translator="image_translator" in graphs, aesthetic=bool(m.get("aesthetic")),
     )
+    if SPEC_FILE not in files:
+        raise BundleError(f"{path}: {SPEC_FILE} is not listed in field 'files'; re-export the bundle")
     if verify:
-        verify_files(folder, files)
+        verify_files(folder, {**files, **sources})
     return Bundle(folder, m, info)
+
+
+def _tokenizer(m: dict, folder: Path, files: dict, path: Path) -> dict | None:
+    """The manifest's tokenizer as tokenizer_from_dict() takes it: a CLIP tokenizer's `bpe_file` (a listed
+    bundle file) becomes its absolute `bpe_path`."""
+    tokenizer = m.get("tokenizer")
+    if not isinstance(tokenizer, dict) or tokenizer.get("kind") != "clip_bpe":
+        return tokenizer
+    name = tokenizer.get("bpe_file")
+    if not isinstance(name, str) or name not in files:
+        raise BundleError(f"{path}: tokenizer.bpe_file is {name!r}, expected a file listed in field 'files'; "
+                          "re-export the bundle")
+    check_inside(name)
+    rest = {k: v for k, v in tokenizer.items() if k != "bpe_file"}
+    return {**rest, "bpe_path": str((folder / name).resolve())}
 
 
 def check_inside(name: str) -> None:

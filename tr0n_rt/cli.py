@@ -20,7 +20,8 @@ from .judge import judge_images, open_judge
 from .outputs import check_outputs, write_results
 from .sampler import sample_queries, sample_rows
 
-EPILOG = "Sample j of every prompt uses seed SEED + j, so a prompt's images do not depend on the others."
+EPILOG = ("Sample j of every prompt uses seed SEED + j, so a prompt's noise does not depend on the others; the same "
+          "--batch gives the same images bit for bit (README, \"Batch invariance\").")
 
 
 @dataclass

@@ -32,6 +32,10 @@ class BundleError(Tr0nError):
     """A bundle folder, its manifest or one of its files is missing, invalid or tampered with."""
 
 
+class BundleVersionError(BundleError):
+    """A bundle written in another version of the bundle format: re-export it with this tr0n-rt."""
+
+
 class BackendError(Tr0nError, RuntimeError):
     """An engine or execution backend is unavailable or failed."""
 

@@ -85,6 +85,16 @@ _STATE_MEANING = {
 }
 
 
+_HPARAM_MEANING = {
+    "latent_lr": "SGLD step size on the means (eta)",
+    "momentum": "SGLD momentum (beta)",
+    "noise_std": "std of the SGLD noise added to the means after each step (not scaled by eta)",
+    "logits_lr": "Adam step size on the logits",
+    "clip_norm": "per-sample gradient norm clip, means and logits separately",
+    "adam_eps": "Adam's epsilon",
+}
+
+
 def _state(suffix: str = "") -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(n + suffix, (1,) if n == "step" else MIXTURE, _STATE_MEANING[n]) for n in STATE_NAMES)
 
@@ -126,8 +136,8 @@ def step_graph(aesthetic: bool) -> GraphSpec:
     return GraphSpec(
         "step", "one Langevin step: E, its gradient and the SGLD / Adam update of the state",
         _state() + (_CONDITION_IN, _AUG_IN,
-                    TensorSpec("sgld_noise", MIXTURE, "standard normal noise added to the means"),
-                    TensorSpec("hparams", (len(HPARAM_NAMES),), f"{', '.join(HPARAM_NAMES)} (settings.HPARAM_NAMES)"))
+                    TensorSpec("sgld_noise", MIXTURE, "standard normal noise added to the means"))
+        + tuple(TensorSpec(n, (1,), _HPARAM_MEANING[n]) for n in HPARAM_NAMES)
         + ((_AESTHETIC_WEIGHT,) if aesthetic else ()),
         _state("_next") + (TensorSpec("energy", (BATCH,), "E of the input state"),),
         _ENERGY_PARTS)

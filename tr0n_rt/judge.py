@@ -9,10 +9,11 @@ install. The manifest's "judge" entry (written by export/judge_export.py) is:
     heads    {head: [value names]}           judge.onnx output `head` is probabilities [batch, n_values]
     input    {"channels": C, "size": S}      judge.onnx input "images" is [batch, C, S, S] float32 in [-1, 1]
     rule     how a query names head values; its "kind" picks the verdict layout:
-             "words" (prompts, shapes world): {"pattern": regex, "aliases": {word: word}, "needs_any": [head]}
-                 the prompt is lower-cased and split into `pattern` words, each replaced by its alias;
-                 the first word that is a value of a head names that head. A verdict is correct when the
-                 prompt names a `needs_any` head and every named head is predicted as named.
+             "words" (prompts, shapes world): {"words": "tokenizer", "needs_any": [head]}
+                 the prompt's words are those the bundle's word tokenizer reads (one word list for both:
+                 letter runs, lower-cased, its aliases replaced); the first word that is a value of a head
+                 names that head. A verdict is correct when the prompt names a `needs_any` head and every
+                 named head is predicted as named.
              "class" (class names, digits world): {"prefix": regex, "names": {word: index}}
                  the query is stripped and lower-cased and `prefix` removed; the rest must be one decimal
                  digit or a word of `names`. The single head's prediction must be that class.
@@ -42,8 +43,8 @@ class RuntimeJudge:
         judge.verdicts(images, ["3", "digit seven"])          # images: float32 [N, C, S, S] in [-1, 1]
     """
 
-    def __init__(self, session, entry: dict):
-        self.session, self.entry = session, entry
+    def __init__(self, session, entry: dict, split=None):
+        self.session, self.entry, self.split = session, entry, split  # split: prompt -> words ("words" rule)
         self.heads: dict[str, list[str]] = entry["heads"]
         self.channels, self.size = entry["input"]["channels"], entry["input"]["size"]
         self.rule = entry["rule"]
@@ -65,6 +66,15 @@ class RuntimeJudge:
             return None
         folder = Path(folder)
         check_entry(entry, folder)
+        split = None
+        if entry["rule"]["kind"] == "words":
+            tokenizer = manifest.get("tokenizer") or {}
+            if tokenizer.get("kind") != "words":
+                raise BundleError(f"{folder}: the judge reads prompts with the bundle's word tokenizer, and the "
+                                  f"manifest's tokenizer is {tokenizer.get('kind')!r}; re-export the bundle")
+            from .tokenizer import tokenizer_from_dict
+
+            split = tokenizer_from_dict(tokenizer).words
         name = entry["file"]
         listed = manifest.get("files", {})
         if name not in listed:
@@ -88,7 +98,7 @@ class RuntimeJudge:
         if have_in != want_in or have_out != want_out:
             raise BundleError(f"{folder / name} takes {have_in} and gives {have_out} (batch axis left out); the "
                               f"manifest's judge entry says {want_in} -> {want_out}: re-export the bundle")
-        return cls(session, entry)
+        return cls(session, entry, split)
 
     def probabilities(self, images) -> dict[str, np.ndarray]:
         """images [N, C, S, S] in [-1, 1] -> {head: probabilities [N, n_values]}."""
@@ -106,10 +116,10 @@ class RuntimeJudge:
         """One dict per image (see verdicts below)."""
         if len(queries) != len(images):
             raise ShapeError(f"got {len(images)} images but {len(queries)} queries: pass one query per image")
-        return verdicts(self.entry, self.probabilities(images), queries)
+        return verdicts(self.entry, self.probabilities(images), queries, self.split)
 
     def parse_prompt(self, prompt: str) -> dict[str, str | None]:
-        return parse_prompt(self.entry, prompt)
+        return parse_prompt(self.entry, prompt, self.split)
 
     def parse_class(self, text: str | int) -> int:
         return parse_class(self.entry, text)
@@ -117,37 +127,35 @@ class RuntimeJudge:
 
 # The verdict rule, written once: the world judges' torch networks (export/worlds/*/judge.py) give their
 # probabilities to these same functions, with their runtime_spec() as the entry.
-def verdicts(entry: dict, probs: dict[str, np.ndarray], queries: list) -> list[dict]:
+def verdicts(entry: dict, probs: dict[str, np.ndarray], queries: list, split=None) -> list[dict]:
     """entry: a judge entry (heads, rule); probs: {head: probabilities [N, n_values]} -> one verdict per
-    query: the keys of the rule's kind and "correct"."""
+    query: the keys of the rule's kind and "correct". split: prompt -> words (the "words" rule)."""
     if entry["rule"]["kind"] == "class":
         return class_verdicts(entry, probs, queries)
-    return word_verdicts(entry, probs, queries)
+    return word_verdicts(entry, probs, queries, split)
 
 
 # --- "words": every head a prompt names must be predicted as named (shapes world) ----------------
-def parse_prompt(entry: dict, prompt: str) -> dict[str, str | None]:
-    """The head values a prompt names ({head: value | None}): lower-cased, split into `pattern` words,
-    aliases replaced; the first word naming a value of a head wins."""
-    rule, heads = entry["rule"], entry["heads"]
-    aliases = rule.get("aliases", {})
+def parse_prompt(entry: dict, prompt: str, split) -> dict[str, str | None]:
+    """The head values a prompt names ({head: value | None}): the words split(prompt) gives (the word
+    tokenizer's); the first word naming a value of a head wins."""
+    heads = entry["heads"]
     out: dict[str, str | None] = {h: None for h in heads}
-    for w in re.findall(rule["pattern"], prompt.lower()):
-        w = aliases.get(w, w)
+    for w in split(prompt):
         for h, values in heads.items():
             if out[h] is None and w in values:
                 out[h] = w
     return out
 
 
-def word_verdicts(entry: dict, probs: dict[str, np.ndarray], prompts: list[str]) -> list[dict]:
+def word_verdicts(entry: dict, probs: dict[str, np.ndarray], prompts: list[str], split) -> list[dict]:
     """Per image: each head's prediction and confidence, what the prompt names ("wanted"), and "correct":
     the prompt names a `needs_any` head and every named head is predicted as named."""
     heads = entry["heads"]
     best = {h: (p.argmax(-1), p.max(-1)) for h, p in probs.items()}
     out = []
     for i, prompt in enumerate(prompts):
-        wanted = parse_prompt(entry, prompt)
+        wanted = parse_prompt(entry, prompt, split)
         v = {h: heads[h][int(best[h][0][i])] for h in heads}
         v.update({f"{h}_confidence": float(best[h][1][i]) for h in heads})
         v["wanted"] = wanted
@@ -229,10 +237,9 @@ def check_entry(entry, folder: Path) -> None:
     rule = entry.get("rule")
     kind = rule.get("kind") if isinstance(rule, dict) else None
     if kind == "words":
-        if not (isinstance(rule.get("pattern"), str) and isinstance(rule.get("aliases", {}), dict)
-                and isinstance(rule.get("needs_any"), list)
+        if not (rule.get("words") == "tokenizer" and isinstance(rule.get("needs_any"), list)
                 and all(h in (heads if isinstance(heads, dict) else {}) for h in rule["needs_any"])):
-            problems.append("rule 'words' needs 'pattern', 'aliases' and 'needs_any' (a list of heads)")
+            problems.append("rule 'words' needs 'words': 'tokenizer' and 'needs_any' (a list of heads)")
     elif kind == "class":
         if not (isinstance(rule.get("prefix"), str) and isinstance(rule.get("names"), dict)
                 and isinstance(heads, dict) and len(heads) == 1):

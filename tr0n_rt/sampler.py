@@ -8,10 +8,11 @@ For embedding in an application, open once and call `generate` as often as neede
     batch = sampler.generate(embeddings=c, output="device")   # c [N, d_c]: conditions computed elsewhere
     torch.from_dlpack(batch.images)           # the backend's device array, no copy (DLPack)
 
-All randomness is drawn on the host, per image, from numpy generators seeded by that image's seed, in
-a fixed order (initial draw, then per step: A x 8 augmentation numbers, K x D SGLD noise). So an image
-depends only on its condition and seed: a batch of 8 gives the same images as 8 runs of one, up to
-float32 rounding (CPU kernels may round a row differently with the batch size).
+All randomness is drawn on the host from the bundle format's counter-based scheme (tr0n_rt/noise.py,
+docs/bundle-format.md): every number is a function of the image's seed, what it is for and the step, so
+an image depends only on its condition and seed, and a client in any language can reproduce it. What a
+batch of 8 gives compared with 8 runs of one depends on the backend's kernels: the README's "Batch
+invariance" says what holds where.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import numpy as np
 from .backends.base import Backend
 from .errors import ConfigError, PromptError, ShapeError
 from .graphs import AUG_DIM, IDENTITY_AUG, STATE_NAMES
+from . import noise
 from .settings import SamplingConfig
 
 OUTPUTS = ("numpy", "device")
@@ -45,11 +47,6 @@ class SampleBatch:
 def check_output(output: str) -> None:
     if output not in OUTPUTS:
         raise ConfigError(f"unknown output {output!r}; use one of: {', '.join(OUTPUTS)}")
-
-
-def softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
 
 
 class Sampler:
@@ -159,8 +156,8 @@ class Sampler:
             classes     names or indices (class pipelines)
             embeddings  [N, d_c] conditions computed elsewhere (a CLIP embedding, a one-hot class)
             images      image files or folders (CLIP pipelines; the image translator maps them)
-        Row i * samples + j is condition i with seed `seed + j`, as `tr0n-rt sample` does, so an image
-        is the same whatever else is in the batch. output: "numpy", or "device" to keep the images
+        Row i * samples + j is condition i with seed `seed + j`, as `tr0n-rt sample` does, so an image's
+        noise is the same whatever else is in the batch (its pixels: README, "Batch invariance"). output: "numpy", or "device" to keep the images
         where the backend made them (see `sample`)."""
         given = {k: v for k, v in (("prompts", prompts), ("classes", classes), ("embeddings", embeddings),
                                    ("images", images)) if v is not None}
@@ -209,46 +206,42 @@ class Sampler:
             raise ShapeError(f"conditions have shape {conditions.shape}, expected [batch, {self.info.cond_dim}]")
         if len(seeds) != conditions.shape[0]:
             raise ShapeError(f"{len(seeds)} seeds for {conditions.shape[0]} conditions: give one seed per row")
-        bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0]
-        if bad:
-            raise ConfigError(f"seeds must be whole numbers >= 0 (numpy's generators take no others), got {bad[:3]}")
+        keys = noise.check_seeds(seeds)
         be, b, d = self.backend, conditions.shape[0], self.info.latent_dim
-        rngs = [np.random.default_rng(int(s)) for s in seeds]
         seconds: dict[str, float] = {}
 
         tick = time.perf_counter()
         if cfg.init == "prior":  # baseline without translator: z0 ~ N(0, I), then Langevin
-            means = np.stack([r.standard_normal(d, dtype=np.float32) for r in rngs])[:, None]
+            means = noise.normal(keys, noise.INIT, 0, (1, d))
             if self.info.latent_bounds is not None:
                 means = np.clip(means, -self.info.latent_bounds, self.info.latent_bounds)
             logits = np.zeros_like(means)
         else:
             tr = be.run(translator, {"condition": conditions})
             logits, means, std = (be.to_host(tr[k]) for k in ("logits", "means", "std"))
-            means, logits = self._initial_mixture(cfg, rngs, logits, means, std)
+            means, logits = self._initial_mixture(cfg, keys, logits, means, std)
         seconds["translate"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
         trace = np.zeros((cfg.steps, b), dtype=np.float32)
         if cfg.steps:
             c_dev = be.to_device(conditions)
-            hp = be.to_device(cfg.hparams())
             zeros = np.zeros_like(means)
             state = {"means": means, "logits": logits, "velocity": zeros, "adam_m": zeros, "adam_v": zeros,
                      "step": np.zeros(1, np.float32)}
             state = {k: be.to_device(v) for k, v in state.items()}
-            fixed = {"condition": c_dev, "hparams": hp}
+            fixed = {"condition": c_dev, **{n: be.to_device(v) for n, v in cfg.hparams().items()}}
             if self.info.aesthetic:
                 fixed["aesthetic_weight"] = be.to_device(np.array([cfg.aesthetic_weight], np.float32))
             energies = []
-            for _ in range(cfg.steps):
-                aug, noise = self._step_noise(rngs, cfg.copies, means.shape[1])
-                out = be.run("step", {**state, **fixed, "aug_noise": aug, "sgld_noise": noise})
+            for t in range(cfg.steps):
+                aug, sgld = self._step_noise(keys, t, cfg.copies, means.shape[1])
+                out = be.run("step", {**state, **fixed, "aug_noise": aug, "sgld_noise": sgld})
                 state = {n: out[f"{n}_next"] for n in STATE_NAMES}
                 energies.append(out["energy"])
             trace = np.stack([be.to_host(e) for e in energies]).astype(np.float32)
             means, logits = be.to_host(state["means"]), be.to_host(state["logits"])
-            latents = (softmax(logits, axis=1) * means).sum(axis=1).astype(np.float32)
+            latents = noise.mix(logits, means)
         else:
             latents = means[:, 0]
         be.synchronize()
@@ -257,7 +250,7 @@ class Sampler:
         final, aesthetic = np.full(b, np.nan, dtype=np.float32), None
         if cfg.steps:
             tick = time.perf_counter()
-            aug = self._step_noise(rngs, cfg.copies, 0)[0]
+            aug = self._step_noise(keys, cfg.steps, cfg.copies, 0)[0]
             e = be.run("energy", {"latent": latents, "condition": conditions, "aug_noise": aug})
             final = be.to_host(e["energy"]).astype(np.float32)
             if "aesthetic" in e:
@@ -273,33 +266,28 @@ class Sampler:
         seconds["decode"] = time.perf_counter() - tick
         return SampleBatch(images, latents, final, trace, [int(s) for s in seeds], cfg, seconds, aesthetic)
 
-    def _initial_mixture(self, cfg, rngs, logits, means, std):
+    def _initial_mixture(self, cfg, keys, logits, means, std):
         """Translator outputs -> the state's means and per-dimension logits, [B, K', D] each.
 
         mixture: all K means, logits copied per dimension. T = 0 keeps only the most probable mean
-        (the reference's translator-only sample). sample: z0 ~ q(z | c), K' = 1."""
+        (the first of equals; the reference's translator-only sample). sample: z0 ~ q(z | c), K' = 1."""
         b, k, d = means.shape
         if cfg.mode == "mixture":
             if cfg.steps == 0:
                 best = logits.argmax(axis=1)
                 return means[np.arange(b), best][:, None].copy(), np.zeros((b, 1, d), np.float32)
             return means.astype(np.float32), np.repeat(logits[:, :, None], d, axis=2).astype(np.float32)
-        z0 = np.empty((b, d), np.float32)
-        probs = softmax(logits.astype(np.float64), axis=1)
-        for i, rng in enumerate(rngs):
-            comp = rng.choice(k, p=probs[i])
-            z0[i] = means[i, comp] + std * rng.standard_normal(d, dtype=np.float32)
+        comp = noise.pick_component(noise.softmax(logits, axis=1), noise.uniform(keys, noise.COMPONENT, 0, (1,))[:, 0])
+        eps = noise.normal(keys, noise.INIT, 0, (d,))
+        z0 = means[np.arange(b), comp].astype(np.float32) + np.asarray(std, np.float32) * eps  # float32 * then +
         return z0[:, None], np.zeros((b, 1, d), np.float32)
 
-    def _step_noise(self, rngs, copies: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per image, in this order: A x 8 uniforms (augmentation), K x D normals (SGLD)."""
-        d = self.info.latent_dim
-        aug = np.empty((len(rngs), max(copies, 1), AUG_DIM), np.float32)
-        noise = np.empty((len(rngs), k, d), np.float32)
-        for i, rng in enumerate(rngs):
-            aug[i] = rng.random((copies, AUG_DIM), dtype=np.float32) if copies else IDENTITY_AUG
-            noise[i] = rng.standard_normal((k, d), dtype=np.float32)
-        return aug, noise
+    def _step_noise(self, keys, t: int, copies: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Step t's augmentation numbers [B, max(A, 1), 8] (A = 0: the identity copy) and SGLD noise [B, K, D]."""
+        b, d = len(keys), self.info.latent_dim
+        aug = (noise.uniform(keys, noise.AUGMENT, t, (copies, AUG_DIM)) if copies
+               else np.broadcast_to(np.asarray(IDENTITY_AUG, np.float32), (b, 1, AUG_DIM)).copy())
+        return aug, noise.normal(keys, noise.SGLD, t, (k, d))
 
 
 def sample_queries(sampler: Sampler, queries: list[str], samples: int, seed: int, batch: int):

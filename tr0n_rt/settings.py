@@ -55,9 +55,9 @@ class SamplingConfig:
         if self.clip_norm <= 0:
             raise ConfigError(f"clip_norm must be > 0, got {self.clip_norm}")
 
-    def hparams(self) -> np.ndarray:
-        """The step graph's `hparams` input: float32 [6] in HPARAM_NAMES order."""
-        return np.array([getattr(self, n) for n in HPARAM_NAMES], dtype=np.float32)
+    def hparams(self) -> dict[str, np.ndarray]:
+        """The step graph's hyperparameter inputs, by name: float32 [1] each (HPARAM_NAMES)."""
+        return {n: np.array([getattr(self, n)], dtype=np.float32) for n in HPARAM_NAMES}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +70,7 @@ class SamplingConfig:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
+# The step graph's hyperparameter inputs, each its own named float32 [1] input (never a positional vector).
 HPARAM_NAMES = ("latent_lr", "momentum", "noise_std", "logits_lr", "clip_norm", "adam_eps")
 
 PRESETS = {

@@ -534,14 +534,16 @@ class WordTokenizer:
 
     Ids: 0 pad, 1 ``<unk>``, 2..V+1 the vocabulary words in order, V+2 ``<sot>``,
     V+3 ``<eot>`` (the largest id: open_clip's text tower pools at the argmax id).
-    Text is lower-cased and split on every character that is not a letter.
+    Text is lower-cased (NFC) and split on every character that is not a letter; a word of
+    ``aliases`` is read as the vocabulary word it names ("grey" -> "gray"). These words are
+    also what a world judge reads in a prompt (:meth:`words`): one word list for both.
     """
 
     kind = "words"
     pad_token_id = 0
     unk_token_id = 1
 
-    def __init__(self, vocab: list[str], context_length: int = 16):
+    def __init__(self, vocab: list[str], context_length: int = 16, aliases: Mapping[str, str] | None = None):
         if isinstance(vocab, (str, bytes)) or not isinstance(vocab, Iterable):
             raise ConfigError(f"vocab must be a list of words, got a {type(vocab).__name__}")
         words = list(vocab)
@@ -561,6 +563,7 @@ class WordTokenizer:
             ids[word] = i + 2
         self._vocab = words
         self._ids = ids
+        self._aliases = _check_aliases(aliases, ids)
         self.context_length = _check_context_length(context_length)
         self.sot_token_id = len(words) + 2
         self.eot_token_id = len(words) + 3
@@ -576,10 +579,18 @@ class WordTokenizer:
     def vocab_size(self) -> int:
         return len(self._vocab) + 4
 
+    @property
+    def aliases(self) -> dict[str, str]:
+        return dict(self._aliases)
+
+    def words(self, text: str) -> list[str]:
+        """The words of one prompt as this vocabulary reads them: letter runs, lower-cased, aliases replaced."""
+        (text,) = _prompt_list([text])
+        return [self._aliases.get(word, word) for word in _letters(text)]
+
     def encode(self, text: str) -> list[int]:
         """Word ids of one prompt (unknown words -> 1), without start/end ids or truncation."""
-        (text,) = _prompt_list([text])
-        return [self._ids.get(word, self.unk_token_id) for word in _letters(text)]
+        return [self._ids.get(word, self.unk_token_id) for word in self.words(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Words of ids joined by spaces; pad, start and end ids are left out."""
@@ -616,7 +627,22 @@ class WordTokenizer:
         return _pack(rows, self.sot_token_id, self.eot_token_id, n_ctx)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "vocab": list(self._vocab), "context_length": self.context_length}
+        d = {"kind": self.kind, "vocab": list(self._vocab), "context_length": self.context_length}
+        return {**d, "aliases": dict(self._aliases)} if self._aliases else d
+
+
+def _check_aliases(aliases: Any, ids: Mapping[str, int]) -> dict[str, str]:
+    """{other word: vocabulary word}, checked: each key one word outside the vocabulary, each value in it."""
+    if aliases is None:
+        return {}
+    if not isinstance(aliases, Mapping):
+        raise ConfigError(f"aliases must be a mapping of word -> vocabulary word, got a {type(aliases).__name__}")
+    for word, target in aliases.items():
+        if not isinstance(word, str) or _letters(word) != [word] or word in ids:
+            raise ConfigError(f"alias {word!r} must be one lower-case word of letters that is not in the vocabulary")
+        if target not in ids:
+            raise ConfigError(f"alias {word!r} names {target!r}, which is not a vocabulary word")
+    return dict(aliases)
 
 
 # --------------------------------------------------------------------------------------
@@ -624,7 +650,7 @@ class WordTokenizer:
 _KINDS: dict[str, tuple[type, frozenset[str], frozenset[str]]] = {
     # kind: (class, required keys, optional keys)
     "clip_bpe": (CLIPTokenizer, frozenset(), frozenset({"context_length", "bpe_path"})),
-    "words": (WordTokenizer, frozenset({"vocab"}), frozenset({"context_length"})),
+    "words": (WordTokenizer, frozenset({"vocab"}), frozenset({"context_length", "aliases"})),
 }
 
 

@@ -338,13 +338,25 @@ class OrtBackend(Backend):
 ORT_DTYPES = {"float": "float32", "double": "float64"}
 
 
+# How this backend makes sessions; every bundle's manifest carries it (field "onnxruntime"), so that a
+# client in another language can make the same sessions and reproduce tr0n-rt's numbers.
+SESSION_SETTINGS = {
+    "graph_optimization_level": "ORT_ENABLE_ALL",
+    "fp16_graphs_on_cpu": {
+        "graph_optimization_level": "ORT_ENABLE_EXTENDED",
+        "why": "onnxruntime 1.32 crashes (segmentation fault) creating a CPU session of the FP16 ViT-B-32 text "
+               "encoder at ORT_ENABLE_ALL (its CPU layout transforms); ORT_ENABLE_EXTENDED runs it. FP16 graphs "
+               "are for GPUs; on the CPU they run to be checked",
+    },
+}
+
+
 def optimization_level(ort, precision: str, on_gpu: bool):
-    """ORT_ENABLE_ALL, except FP16 graphs on the CPU: onnxruntime 1.32 segfaults creating a CPU session
-    at ENABLE_ALL (its layout transforms) on the FP16 ViT-B-32 text encoder; EXTENDED runs it. The CPU
-    has no fast FP16 kernels anyway: FP16 graphs are for GPUs, and run on the CPU to be checked."""
+    """The level SESSION_SETTINGS names: ORT_ENABLE_ALL, except FP16 graphs on the CPU."""
+    name = SESSION_SETTINGS["graph_optimization_level"]
     if precision == "fp16" and not on_gpu:
-        return ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    return ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        name = SESSION_SETTINGS["fp16_graphs_on_cpu"]["graph_optimization_level"]
+    return getattr(ort.GraphOptimizationLevel, name)
 
 
 def dtype_of_ort(type_str: str) -> str:

@@ -221,7 +221,7 @@ def build_models(out_dir: Path, seed: int = 0, progress: bool = True, clip_steps
     retrieval and 100% judge accuracy on held-out procedural images."""
     out_dir = Path(out_dir)
     t0 = time.time()
-    tokenizer = WordTokenizer(data.VOCAB, context_length=CONTEXT_LENGTH)
+    tokenizer = WordTokenizer(data.VOCAB, context_length=CONTEXT_LENGTH, aliases=data.ALIASES)
     clip, cfg = train_clip(tokenizer, steps=clip_steps, seed=seed, progress=progress)
     save_state(_half(clip.state_dict()), out_dir / "clip.safetensors")
     judge = train_judge(steps=judge_steps, seed=seed, progress=progress)

@@ -84,10 +84,20 @@ SHAPE_POLYGONS: dict[str, list[tuple[float, float]]] = {  # counter-clockwise, y
     ]],
 }
 
+# The world's one word list: the tokenizer's vocabulary, and its aliases, are also the words the judge
+# reads in a prompt (parse_prompt here, tr0n_rt/judge.py at runtime).
 VOCAB: list[str] = sorted({
     w for t in TEMPLATES_FULL + TEMPLATES_BACKGROUND + TEMPLATES_PARTIAL
     for w in re.findall(r"[a-z]+", re.sub(r"\{[a-z]+\}", " ", t))
 } | set(SHAPES) | set(COLOURS) | set(BACKGROUNDS))
+ALIASES = {"grey": "gray"}
+
+
+def prompt_words(prompt: str) -> list[str]:
+    """A prompt's words as the world's tokenizer reads them (letter runs, lower-cased, aliases replaced)."""
+    from tr0n_rt.tokenizer import WordTokenizer
+
+    return WordTokenizer(VOCAB, aliases=ALIASES).words(prompt)
 
 
 @dataclass(frozen=True)
@@ -183,8 +193,7 @@ def parse_prompt(prompt: str) -> dict[str, str | None]:
     names a background but no object colour.
     """
     out: dict[str, str | None] = {"shape": None, "colour": None, "background": None}
-    for w in re.findall(r"[a-z]+", prompt.lower()):
-        w = "gray" if w == "grey" else w
+    for w in prompt_words(prompt):
         for field, names in (("shape", SHAPES), ("colour", COLOURS), ("background", BACKGROUNDS)):
             if out[field] is None and w in names:
                 out[field] = w

@@ -57,13 +57,12 @@ class ShapesJudge(WorldJudge):
 
     def runtime_spec(self) -> dict:
         """What the torch-free judge (tr0n_rt/judge.py) needs besides judge.onnx: the heads' value names in
-        output order, the input size, and how a prompt names values, exactly as data.parse_prompt reads it:
-        lower-cased, split into `pattern` words, `aliases` replaced, the first word naming a value of a head
-        wins; a prompt is judged only if it names a value of a `needs_any` head."""
+        output order, the input size, and the rule: a prompt's words are the bundle tokenizer's (the world's
+        one word list, data.prompt_words), the first word naming a value of a head wins; a prompt is judged
+        only if it names a value of a `needs_any` head."""
         return {"heads": {k: list(v) for k, v in HEADS.items()},
                 "input": {"channels": 3, "size": self.net.image_size},
-                "rule": {"kind": "words", "pattern": "[a-z]+", "aliases": {"grey": "gray"},
-                         "needs_any": ["shape", "colour"]}}
+                "rule": {"kind": "words", "words": "tokenizer", "needs_any": ["shape", "colour"]}}
 
     @torch.no_grad()
     def probabilities(self, images) -> dict[str, np.ndarray]:
@@ -85,4 +84,4 @@ class ShapesJudge(WorldJudge):
         nor a colour is never correct). The rule is tr0n_rt.judge's, as judge.onnx is judged."""
         if len(prompts) != images.shape[0]:
             raise ShapeError(f"{images.shape[0]} images but {len(prompts)} prompts: give one prompt per image")
-        return word_verdicts(self.runtime_spec(), self.probabilities(images), prompts)
+        return word_verdicts(self.runtime_spec(), self.probabilities(images), prompts, data.prompt_words)
