@@ -22,7 +22,7 @@ import onnx
 from tr0n_rt.atomic import atomic_path, write_bytes
 from tr0n_rt import noise
 from tr0n_rt.backends.onnxruntime import SESSION_SETTINGS
-from tr0n_rt.bundle import FORMAT, SCHEMA_VERSION, SPEC_FILE, file_entry, sha256_file
+from tr0n_rt.bundle import FORMAT, SCHEMA_VERSION, SPEC_FILE, file_entry, read_manifest, sha256_file
 from tr0n_rt.errors import ConfigError
 from tr0n_rt.graphs import GraphSpec, graph_parts
 
@@ -140,7 +140,7 @@ def export_bundle(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike | 
     parts = part_digests(pipeline_dir, p.spec)  # recorded only if every graph in the bundle is known to match
     old = out / "manifest.json"
     if graphs and old.is_file():  # re-export some graphs of an existing bundle: keep the others
-        m = json.loads(old.read_text())
+        m = read_manifest(out)
         keep = [g for g in m.get("graphs", {}) if g not in graphs]
         entries = {g: m["graphs"][g] for g in keep}
         report = {g: m["export"]["graphs"][g] for g in keep if g in m.get("export", {}).get("graphs", {})}
@@ -168,8 +168,12 @@ def export_bundle(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike | 
                        entries, files, report)
         judge = _export_judge(p, pipeline_dir, stage, graphs, files, judge)
         tokenizer = _stage_companions(p, stage, files)
-        sources = {f.name: file_entry(f) for f in sorted(out.iterdir())  # the pipeline's own files, if out holds them
-                   if f.is_file() and not f.name.startswith(".") and f.name != "manifest.json" and f.name not in files}
+        # the pipeline's own files, if out holds them: all but the manifest, the bundle's files, and the weights
+        # files an earlier export left beside a graph (moved aside below when no graph names them any more)
+        graph_weights = {f"{name}.data" for name in files if name.endswith(".onnx")}
+        sources = {f.name: file_entry(f) for f in sorted(out.iterdir())
+                   if f.is_file() and not f.name.startswith(".") and f.name != "manifest.json"
+                   and f.name not in files and f.name not in graph_weights}
         manifest = _manifest(p, entries, judge, files, report, validate, parts, tokenizer, sources)  # before `out` changes
         backup, moved = stage / ".replaced", []
         try:

@@ -14,14 +14,13 @@ plan file is listed in `files` (sha256, bytes), so load_bundle checks it like an
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from pathlib import Path
 
 from tr0n_rt.atomic import write_bytes, write_json
 from tr0n_rt.backends.tensorrt import import_tensorrt
-from tr0n_rt.bundle import PRECISIONS, file_entry, graph_fingerprint, load_bundle
+from tr0n_rt.bundle import PRECISIONS, file_entry, graph_fingerprint, load_bundle, read_manifest
 from tr0n_rt.engine_profiles import concrete_shape
 from tr0n_rt.engine_stamp import built_stamp, failed_stamp
 from tr0n_rt.errors import BackendError, BundleError, ConfigError
@@ -118,10 +117,7 @@ def update_manifest(bundle_dir: str | os.PathLike, stamps: dict) -> dict:
     """Merges {graph: {precision: stamp}} into manifest.json's `engines` and lists (or, for failed builds,
     unlists) the plan files in `files`; rewrites the manifest atomically. Returns the new manifest."""
     path = Path(bundle_dir) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise BundleError(f"cannot read {path} ({e}); export the bundle first with `tr0n-rt export`") from None
+    manifest = read_manifest(bundle_dir)  # size, parse, version and schema, typed errors
     engines = manifest.setdefault("engines", {})
     for graph, by_precision in stamps.items():
         if graph not in manifest.get("graphs", {}):

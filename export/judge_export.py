@@ -7,7 +7,6 @@ so the world code stays the one place that knows how a prompt names what the jud
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from torch.export import Dim
 
 from tr0n_rt.atomic import atomic_path
 from tr0n_rt.errors import ConfigError
+from tr0n_rt.pipeline_json import read_pipeline_json
 
 from .clean import strip_build_metadata
 from .validate import FP32_RTOL, ValidationError, rel_err
@@ -51,7 +51,7 @@ def export_judge(pipeline_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
     Raises ConfigError if the pipeline has no judge, ValidationError if ONNX and torch disagree.
     """
     pipeline_dir, out = Path(pipeline_dir), Path(out_dir)
-    spec = json.loads((pipeline_dir / "pipeline.json").read_text()).get("judge")
+    spec = read_pipeline_json(pipeline_dir).get("judge")
     if not spec:
         raise ConfigError(f"{pipeline_dir / 'pipeline.json'} names no judge: nothing to export")
     judge = judge_from_spec(spec, pipeline_dir)

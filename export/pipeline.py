@@ -12,13 +12,13 @@ pipeline.json (format "tr0n-rt.pipeline", version 1):
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 
 from tr0n_rt.atomic import write_json
 from tr0n_rt.errors import CheckpointError, ConfigError
+from tr0n_rt.pipeline_json import FORMAT, VERSION, read_pipeline_json
 from tr0n_rt.settings import SamplingConfig
 
 from .augment import AugmentConfig
@@ -27,9 +27,6 @@ from .energy import AestheticHead, Energy
 from .models.registry import build_condition_model, build_generator
 from .translator import TranslatorConfig, TranslatorGMM
 
-FORMAT = "tr0n-rt.pipeline"
-VERSION = 1
-REQUIRED = ("name", "condition", "generator", "condition_model", "translator")
 
 
 class TorchPipeline:
@@ -82,16 +79,7 @@ class TorchPipeline:
                 f"{folder} holds no pipeline.json: pass a pipeline folder (e.g. engines/shapes), "
                 "or build one with `tr0n-rt train --world shapes`"
             )
-        try:
-            spec = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path} is not valid JSON ({e}); rebuild it with `tr0n-rt train`") from None
-        if spec.get("format") != FORMAT or spec.get("version") != VERSION:
-            raise ConfigError(f"{path}: format {spec.get('format')!r} v{spec.get('version')} is not "
-                              f"{FORMAT!r} v{VERSION}; rebuild it with this version of tr0n-rt")
-        missing = [k for k in REQUIRED if k not in spec]
-        if missing:
-            raise ConfigError(f"{path} lacks field(s) {', '.join(missing)}")
+        spec = read_pipeline_json(folder)  # size, parse, format, version and schema, typed errors
         if spec["translator"] is None:
             raise CheckpointError(f"{folder} has no trained translator yet: make pairs and train it "
                                   f"(`tr0n-rt pairs {folder}`, then `tr0n-rt train --pipeline {folder}`), or "
@@ -160,10 +148,7 @@ def set_translator(folder: str | Path, translator: TranslatorGMM, name: str = "t
     made (pairs, epochs, validation NLL), kept under pipeline.json "training"."""
     folder = Path(folder)
     path = folder / "pipeline.json"
-    try:
-        spec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot read {path} ({e}): the pipeline folder is damaged; create it again") from None
+    spec = read_pipeline_json(folder)
     spec[name] = translator.save(folder, name)
     if record is not None:
         spec.setdefault("training", {})[name] = record

@@ -11,11 +11,11 @@ pipeline (latent and embedding sizes) before any work.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tr0n_rt.errors import CheckpointError, ConfigError
 from tr0n_rt.info import PAIRS_DIR, TRAINING_DIR
+from tr0n_rt.pipeline_json import read_pipeline_json
 
 from .create import read_recipe
 from .models.registry import build_condition_model, build_generator
@@ -27,13 +27,7 @@ def pipeline_spec(folder: Path) -> dict:
     path = Path(folder) / "pipeline.json"
     if not path.is_file():
         raise ConfigError(f"{folder} holds no pipeline.json: make the pipeline first (`tr0n-rt create {folder} ...`)")
-    try:
-        spec = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is damaged ({e}): create the pipeline again") from None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{path} is not a JSON object: create the pipeline again")
-    return spec
+    return read_pipeline_json(folder)
 
 
 def make_pipeline_pairs(folder, count: int | None = None, batch_size: int = 64, device: str = "cpu",

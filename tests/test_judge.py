@@ -41,22 +41,34 @@ def judge_spec(world: str) -> dict:
 
 
 def write_manifest(folder: Path, condition: str, judge: dict | None, files: dict, tokenizer: dict | None = None) -> None:
-    """A manifest that load_bundle(verify=False) accepts; its graphs are declared by the contract but
-    absent, since only the judge is used here. `judge` and `files` are what export_bundle adds for it."""
+    """A format-2 manifest that load_bundle(verify=False) accepts (schema and contract); its graphs are
+    declared by the contract but absent, since only the judge is used here. `judge` and `files` are what
+    export_bundle adds for it."""
     from tr0n_rt.graphs import pipeline_graphs
+    from tr0n_rt.settings import SamplingConfig
 
-    graphs = {s.name: {"files": {"fp32": f"{s.name}.onnx"}, "inputs": {n: {} for n in s.inputs},
-                       "outputs": {n: {} for n in s.outputs}} for s in pipeline_graphs(condition)}
+    context = (tokenizer or {}).get("context_length", 16)
+    sizes = {"cond_dim": 10, "latent_dim": 8, "context": context, "pixel_size": 32, "channels": 1, "size": 32}
+
+    def tensors(specs):
+        return {t.name: {"dtype": t.dtype, "shape": [sizes.get(a, a) for a in t.shape]} for t in specs}
+
+    graphs = {s.name: {"files": {"fp32": f"{s.name}.onnx"}, "inputs": tensors(s.inputs_),
+                       "outputs": tensors(s.outputs_)} for s in pipeline_graphs(condition)}
     manifest = {
         "format": "tr0n-rt.bundle", "schema_version": SCHEMA_VERSION, "spec": {"file": SPEC_FILE, "version": SCHEMA_VERSION},
         "name": folder.name,
-        "condition": {"kind": condition, "dim": 10, "classes": [str(i) for i in range(10)]},
+        "condition": {"kind": condition, "dim": 10, "classes": [str(i) for i in range(10)] if condition == "class" else None},
         "latent": {"dim": 8, "bounds": None}, "mixture": {"components": 1}, "image": {"size": 32, "channels": 1},
-        "tokenizer": tokenizer or {}, "sampling": {}, "graphs": graphs, "sources": {},
+        "tokenizer": tokenizer if condition == "text" else None, "image_input": None, "aesthetic": None,
+        "augment": {"policy": ["color"], "translation_ratio": 0.125, "resize_range": [0.8, 1.2], "cutout_ratio": 0.5},
+        "sampling": SamplingConfig().to_dict(), "noise": {"scheme": "philox4x32-10", "version": 1},
+        "graphs": graphs, "judge": judge,
+        "onnxruntime": {"graph_optimization_level": "ORT_ENABLE_ALL",
+                        "fp16_graphs_on_cpu": {"graph_optimization_level": "ORT_ENABLE_EXTENDED", "why": ""}},
         "files": {**{f: {"sha256": "0" * 64, "bytes": 0} for f in [*(f"{g}.onnx" for g in graphs), SPEC_FILE]}, **files},
+        "sources": {}, "export": {},
     }
-    if judge is not None:
-        manifest["judge"] = judge
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -65,7 +77,9 @@ def make_bundle(tmp_path_factory, world: str, condition: str):
     spec = judge_spec(world)
     src = tmp_path_factory.mktemp(f"{world}_pipeline")
     shutil.copy(ENGINES / world / spec["weights"], src / spec["weights"])
-    (src / "pipeline.json").write_text(json.dumps({"judge": spec}))
+    pipeline = ENGINES / world / "pipeline.json"  # a whole pipeline.json: readers check it against its schema
+    (src / "pipeline.json").write_text(json.dumps({**(json.loads(pipeline.read_text()) if pipeline.is_file() else {}),
+                                                   "judge": spec}))
     out = tmp_path_factory.mktemp(f"{world}_bundle")
     name, entry = export_judge(src, out)
     tokenizer = json.loads((ENGINES / world / "pipeline.json").read_text()).get("tokenizer")
@@ -232,9 +246,10 @@ def test_judge_entry_is_validated(digits_bundle, tmp_path):
     shutil.copy(folder / JUDGE_FILE, tmp_path / JUDGE_FILE)
     listed = {JUDGE_FILE: file_entry(tmp_path / JUDGE_FILE)}
     write_manifest(tmp_path, "class", {**entry, "rule": {"kind": "regex"}}, listed)
-    with pytest.raises(BundleError, match="knows 'words' and 'class'"):
+    with pytest.raises(BundleError, match="field 'judge.rule.kind' is 'regex', expected one of 'words', 'class'"):
         RuntimeJudge.from_bundle(tmp_path)
-    write_manifest(tmp_path, "class", {**entry, "heads": {"class": ["0", "1"]}}, listed)  # judge.onnx gives 10
+    two = {"class": ["0", "1"]}, {**entry["rule"], "names": {"zero": 0, "one": 1}}
+    write_manifest(tmp_path, "class", {**entry, "heads": two[0], "rule": two[1]}, listed)  # judge.onnx gives 10
     with pytest.raises(BundleError, match="re-export"):
         RuntimeJudge.from_bundle(tmp_path)
 

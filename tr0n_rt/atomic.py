@@ -4,15 +4,32 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import ConfigError
+
+
+def check_replaceable(path: Path) -> None:
+    """ConfigError when `path` exists and is neither a regular file nor a symbolic link: a rename onto a
+    device, a FIFO or a socket would replace it (as root even /dev/null) with a regular file."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        what = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
+        raise ConfigError(f"{path} is {what}: tr0n-rt only replaces regular files; give another file name")
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds."""
+    """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds. `path`
+    must be absent, a regular file or a symbolic link (which is replaced, not followed)."""
     path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)

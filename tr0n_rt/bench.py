@@ -27,9 +27,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from .jsonfile import read_json_file
 from .chart import bar_panel, stack
-from .cli_args import resolve_pipeline, whole_number
-from .errors import ConfigError, Tr0nError
+from .cli_args import (
+    MAX_BATCH,
+    MAX_COPIES,
+    MAX_REPEATS,
+    MAX_STEPS,
+    MAX_THREADS,
+    MAX_TIMEOUT_S,
+    pipeline_folder,
+    seconds,
+    whole_number,
+)
+from .errors import BundleError, ConfigError, Tr0nError
 
 STAGES = ("encode", "translate", "langevin", "final_energy", "decode")
 MARK = "TR0N_RT_BENCH_ROW "
@@ -191,20 +202,27 @@ def available_configs(folder: Path, device: str) -> list[tuple[str, str]]:
         configs.append(("torch", "fp32"))
     manifest = folder / "manifest.json"
     if manifest.is_file() and installed("onnxruntime"):
-        graphs = json.loads(manifest.read_text()).get("graphs", {})
+        graphs = read_json(manifest).get("graphs", {})
+        graphs = graphs if isinstance(graphs, dict) else {}
         for prec in ("fp32", "fp16"):
-            if graphs and all(prec in g.get("files", {}) for g in graphs.values()):
+            if graphs and all(isinstance(g, dict) and isinstance(g.get("files"), dict) and prec in g["files"]
+                              for g in graphs.values()):
                 configs.append(("onnxruntime", prec))
     return configs
 
 
-def installed(module: str) -> bool:
-    import importlib.util
+def read_json(path: Path) -> dict:
+    """A JSON object file of the folder benchmarked; BundleError when it is damaged."""
+    data = read_json_file(path, 16 << 20, BundleError, f"re-export or rebuild {path.parent}")
+    if not isinstance(data, dict):
+        raise BundleError(f"{path} is not a JSON object: re-export or rebuild {path.parent}")
+    return data
 
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ImportError:  # an import hook that refuses the module (tests/test_torch_free.py)
-        return False
+
+def installed(module: str) -> bool:
+    from .backends import installed as found
+
+    return found(module)
 
 
 def parse_configs(names: list[str]) -> list[tuple[str, str]]:
@@ -310,8 +328,10 @@ def chart(result: dict):
 def cmd_bench(args) -> int:
     from .atomic import write_bytes, write_json
     from .images import png_bytes
+    from .outputs import Interrupted, check_output_files
 
-    folder = resolve_pipeline(args).resolve()
+    folder = pipeline_folder(args).resolve()
+    check_output_files({"--json": args.json, "--png": args.png}, pipeline=folder)  # before minutes of runs
     configs = parse_configs(args.backends) if args.backends else available_configs(folder, args.device)
     if not configs:
         raise Tr0nError(f"nothing to run in {folder}: it needs pipeline.json with torch installed, or an exported "
@@ -335,8 +355,8 @@ def cmd_bench(args) -> int:
             print(f"{label(row):18s} batch {batch:3d}: {msg}", flush=True)
     if cache is not None:
         cache.cleanup()
-    name = json.loads((folder / ("pipeline.json" if (folder / "pipeline.json").is_file() else "manifest.json"))
-                      .read_text()).get("name", folder.name)
+    name = read_json(folder / ("pipeline.json" if (folder / "pipeline.json").is_file() else "manifest.json")
+                     ).get("name", folder.name)
     ok = [r for r in rows if "error" not in r]
     result = {"pipeline": str(folder), "pipeline_name": name, "machine": machine_info(args.device),
               "settings": {"steps": ok[0]["steps"] if ok else args.steps,
@@ -349,8 +369,11 @@ def cmd_bench(args) -> int:
           "stages in ms per batch\n")
     print(table(result))
     write_json(args.json, result)
-    if args.png and ok:
-        write_bytes(args.png, png_bytes(chart(result)))
+    try:
+        if args.png and ok:
+            write_bytes(args.png, png_bytes(chart(result)))
+    except KeyboardInterrupt:
+        raise Interrupted(f"{args.json} was written, the chart {args.png} was not") from None
     print(f"\njson: {args.json}" + (f"  chart: {args.png}" if args.png and ok else ""))
     return 0 if ok else 1
 
@@ -369,15 +392,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="configurations, e.g. torch onnxruntime:fp32 onnxruntime:fp16 tensorrt:fp16 "
                         "(default: every installed engine the folder can run)")
     g = p.add_argument_group("workload")
-    g.add_argument("--batch", type=whole_number(1), nargs="+", default=[1, 8], help="batch sizes (default: 1 8)")
-    g.add_argument("--steps", type=whole_number(0), default=5, help="Langevin steps T (default: 5)")
-    g.add_argument("--copies", type=whole_number(0), default=None, help="augmented copies A (default: the pipeline's)")
-    g.add_argument("--warmup", type=whole_number(0), default=1, help="untimed calls after the first image (default: 1)")
-    g.add_argument("--repeats", type=whole_number(1), default=3, help="timed calls; medians are reported (default: 3)")
-    g.add_argument("--threads", type=whole_number(1), default=None,
+    g.add_argument("--batch", type=whole_number(1, MAX_BATCH), nargs="+", default=[1, 8],
+                   help=f"batch sizes, 1 to {MAX_BATCH} (default: 1 8)")
+    g.add_argument("--steps", type=whole_number(0, MAX_STEPS), default=5, help=f"Langevin steps T, 0 to {MAX_STEPS} (default: 5)")
+    g.add_argument("--copies", type=whole_number(0, MAX_COPIES), default=None,
+                   help=f"augmented copies A, 0 to {MAX_COPIES} (default: the pipeline's)")
+    g.add_argument("--warmup", type=whole_number(0, MAX_REPEATS), default=1,
+                   help=f"untimed calls after the first image, 0 to {MAX_REPEATS} (default: 1)")
+    g.add_argument("--repeats", type=whole_number(1, MAX_REPEATS), default=3,
+                   help=f"timed calls, 1 to {MAX_REPEATS}; medians are reported (default: 3)")
+    g.add_argument("--threads", type=whole_number(1, MAX_THREADS), default=None,
                    help="threads of each process: OMP_NUM_THREADS, torch's and onnxruntime's intra-op threads")
     g.add_argument("--cold", action="store_true", help="empty onnxruntime graph cache for every configuration")
-    g.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration (default: 600)")
+    g.add_argument("--timeout", type=seconds(MAX_TIMEOUT_S), default=600.0,
+                   help="seconds per configuration, > 0 (default: 600)")
     g = p.add_argument_group("output")
     g.add_argument("--json", type=Path, default=Path("out/bench.json"), help="results file (default: out/bench.json)")
     g.add_argument("--png", type=Path, default=None, help="also draw a chart of images/s and step time here")

@@ -30,17 +30,25 @@ bundle as BUNDLE-FORMAT.md); this is its reader. A bundle is a folder with `mani
     export          exporter, opset, library versions, validation figures (informational)
 
 Graph names and tensor meanings are those of tr0n_rt/graphs.py.
+
+A manifest is untrusted input: read_manifest reads it as a regular file of at most 16 MiB (a FIFO never
+blocks, deep nesting and 5000-digit numbers are parse errors), then checks it against
+tr0n_rt/schemas/manifest.schema.json (JSON Schema draft 2020-12: every field typed, every count and size
+bounded, closed objects closed), and load_bundle adds what a schema cannot say (the graph contract, listed
+files, the aesthetic field against the step graph). Every problem is a BundleError naming the field by its
+JSON path, with the value cut short. pipeline.json, a pipeline folder's description, is read the same way by
+tr0n_rt/pipeline_json.py (tr0n_rt/schemas/pipeline.schema.json; ConfigError).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from .backends.base import PipelineInfo
 from .errors import BundleError, BundleVersionError, ConfigError
-from .graphs import GRAPHS, pipeline_graphs, required_graphs
+from .graphs import pipeline_graphs, required_graphs
+from .jsonfile import read_json_file, schema_problems, shown
 from .settings import SamplingConfig
 
 FORMAT = "tr0n-rt.bundle"
@@ -111,98 +119,93 @@ def _field(manifest: dict, path: str, kind, where: Path):
             raise BundleError(f"{where}: manifest field {path!r} is missing; re-export the bundle")
         value = value[part]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise BundleError(f"{where}: manifest field {path!r} is {value!r}, expected {getattr(kind, '__name__', kind)}")
+        raise BundleError(f"{where}: manifest field {path!r} is {shown(value)}, expected "
+                          f"{getattr(kind, '__name__', kind)}; re-export the bundle")
     return value
 
 
-def load_bundle(folder: str | Path, verify: bool = True) -> Bundle:
-    """Reads and validates manifest.json; with verify, checks every listed file's size and sha256."""
+# --- reading JSON files that may be damaged or hostile ------------------------------------------------------
+MANIFEST_MAX_BYTES = 16 << 20  # the embedded worlds' manifests are ~30 KB; a 65536-word vocabulary ~1 MB
+REEXPORT = "re-export the bundle (`tr0n-rt export --pipeline PIPELINE_DIR --out BUNDLE`)"
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """manifest.json of a bundle folder, read safely (read_json_file) and checked: its format and version
+    (BundleVersionError for another version), then schemas/manifest.schema.json. Raises BundleError naming
+    the first problems by JSON path. What a schema cannot say, load_bundle checks after this."""
     folder = Path(folder)
     path = folder / "manifest.json"
-    if not path.is_file():
+    if not path.exists():  # not is_file(): a manifest.json that is a folder or a pipe is reported as such
         raise BundleError(f"{folder} is not a bundle (no manifest.json): export one with "
                           f"`tr0n-rt export --pipeline DIR --out {folder}`")
-    try:
-        m = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{path} is not valid JSON ({e}); the bundle is damaged: re-export it") from None
+    m = read_json_file(path, MANIFEST_MAX_BYTES, BundleError, f"the bundle is damaged: {REEXPORT}")
     if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise BundleError(f"{path}: field 'format' is {m.get('format') if isinstance(m, dict) else m!r}, "
-                          f"expected {FORMAT!r}")
+        raise BundleError(f"{path}: field 'format' is {shown(m.get('format') if isinstance(m, dict) else m)}, "
+                          f"expected {FORMAT!r}: this is no tr0n-rt bundle manifest")
     version = _field(m, "schema_version", int, path)
     if version != SCHEMA_VERSION:
         newer = version > SCHEMA_VERSION
         raise BundleVersionError(
-            f"{path}: bundle format version {version}, and this tr0n-rt reads version {SCHEMA_VERSION}: "
+            f"{path}: bundle format version {shown(version)}, and this tr0n-rt reads version {SCHEMA_VERSION}: "
             + ("upgrade tr0n-rt to read it" if newer else
                f"re-export it from its pipeline folder with `tr0n-rt export --pipeline PIPELINE_DIR --out {folder}` "
                "(an embedded world: `tr0n-rt export --world NAME`)"))
-    kind = _field(m, "condition.kind", str, path)
-    if kind not in ("text", "class"):
-        raise BundleError(f"{path}: field 'condition.kind' is {kind!r}, expected 'text' or 'class'")
-    if kind == "text" and not isinstance(m.get("tokenizer"), dict):
-        raise BundleError(f"{path}: a text bundle needs field 'tokenizer'")
-    if m.get("spec") != {"file": SPEC_FILE, "version": SCHEMA_VERSION}:
-        raise BundleError(f"{path}: field 'spec' is {m.get('spec')!r}, expected "
-                          f"{{'file': {SPEC_FILE!r}, 'version': {SCHEMA_VERSION}}}; re-export the bundle")
-    if kind == "class" and not isinstance(m["condition"].get("classes"), list):
-        raise BundleError(f"{path}: a class bundle needs field 'condition.classes'")
-    graphs = _field(m, "graphs", dict, path)
-    needed = required_graphs(kind)
-    missing = [g for g in needed if g not in graphs]
+    problems = schema_problems("manifest", m)
+    if problems:
+        raise BundleError(f"{path}: {'; '.join(problems)}. The manifest is damaged or was not written by this "
+                          f"tr0n-rt: {REEXPORT}")
+    return m
+
+
+def load_bundle(folder: str | Path, verify: bool = True) -> Bundle:
+    """Reads and validates manifest.json (read_manifest: safely, against the schema; then what the schema cannot
+    say); with verify, checks every listed file's size and sha256."""
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    m = read_manifest(folder)
+    kind = m["condition"]["kind"]
+    graphs, files, sources = m["graphs"], m["files"], m["sources"]
+    missing = [g for g in required_graphs(kind) if g not in graphs]
     if missing:
         raise BundleError(f"{path}: graph(s) {', '.join(missing)} missing from field 'graphs'; re-export")
-    unknown = [g for g in graphs if g not in GRAPHS]
-    if unknown:
-        raise BundleError(f"{path}: unknown graph(s) {', '.join(unknown)} in field 'graphs' (known: {', '.join(GRAPHS)})")
-    files = _field(m, "files", dict, path)
-    sources = _field(m, "sources", dict, path)
-    for name, meta in {**files, **sources}.items():
-        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or not isinstance(meta.get("bytes"), int):
-            raise BundleError(f"{path}: files.{name} is {meta!r}, expected {{'bytes': int, 'sha256': str}}; "
-                              "the manifest is damaged: re-export the bundle")
     for g, entry in graphs.items():
-        for prec, name in _field(m, f"graphs.{g}.files", dict, path).items():
-            if prec not in PRECISIONS:
-                raise BundleError(f"{path}: graphs.{g}.files has precision {prec!r}; known: {', '.join(PRECISIONS)}")
-            if not isinstance(name, str):
-                raise BundleError(f"{path}: graphs.{g}.files.{prec} is {name!r}, expected a file name")
+        for prec, name in entry["files"].items():
             if name not in files:
                 raise BundleError(f"{path}: {name} (graphs.{g}.files.{prec}) is not listed in field 'files'")
-        _field(m, f"graphs.{g}.inputs", dict, path)
-        _field(m, f"graphs.{g}.outputs", dict, path)
-    if "image_encoder" in graphs:
-        size = _field(m, "image_input.size", int, path)
-        for key in ("mean", "std"):
-            v = _field(m, f"image_input.{key}", list, path)
-            if len(v) != 3 or not all(isinstance(x, (int, float)) for x in v):
-                raise BundleError(f"{path}: field 'image_input.{key}' must be 3 numbers, got {v!r}")
-        if size <= 0:
-            raise BundleError(f"{path}: field 'image_input.size' must be > 0, got {size}")
-    takes_alpha = "aesthetic_weight" in _field(m, "graphs.step.inputs", dict, path)
+    takes_alpha = "aesthetic_weight" in graphs["step"]["inputs"]
     contract = {s.name: s for s in pipeline_graphs(kind, "image_encoder" in graphs, "image_translator" in graphs, takes_alpha)}
     for g, entry in graphs.items():
         if g not in contract:
             raise BundleError(f"{path}: a {kind}-conditional bundle has no {g} graph (field 'graphs'); re-export it")
         want, have = contract[g], (list(entry["inputs"]), list(entry["outputs"]))
         if sorted(have[0]) != sorted(want.inputs) or sorted(have[1]) != sorted(want.outputs):
-            raise BundleError(f"{path}: graph {g} takes {have[0]} and gives {have[1]}; this tr0n-rt's contract "
-                              f"(tr0n_rt/graphs.py) says {list(want.inputs)} -> {list(want.outputs)}: re-export the bundle")
-    if takes_alpha != bool(m.get("aesthetic")):
-        raise BundleError(f"{path}: field 'aesthetic' is {m.get('aesthetic')!r} but the step graph "
+            raise BundleError(f"{path}: graph {g} takes {shown(have[0], 300)} and gives {shown(have[1], 300)}; this "
+                              f"tr0n-rt's contract (tr0n_rt/graphs.py) says {list(want.inputs)} -> "
+                              f"{list(want.outputs)}: re-export the bundle")
+    if takes_alpha != bool(m["aesthetic"]):
+        raise BundleError(f"{path}: field 'aesthetic' is {shown(m['aesthetic'])} but the step graph "
                           f"{'takes' if takes_alpha else 'lacks'} input aesthetic_weight; re-export the bundle")
+    classes = m["condition"]["classes"]
+    if kind == "class" and len(classes) != m["condition"]["dim"]:
+        raise BundleError(f"{path}: field 'condition.dim' is {m['condition']['dim']} but 'condition.classes' names "
+                          f"{len(classes)} classes (the condition is one-hot over them); re-export the bundle")
     try:
-        sampling = SamplingConfig(**_field(m, "sampling", dict, path))
-    except (TypeError, ConfigError) as e:
-        raise BundleError(f"{path}: field 'sampling' is invalid: {e}") from None
+        sampling = SamplingConfig(**m["sampling"])
+    except ConfigError as e:
+        raise BundleError(f"{path}: field 'sampling' is invalid: {e}; re-export the bundle") from None
+    if m["tokenizer"] and m["tokenizer"]["kind"] == "words":  # cheap to build: its words are checked now
+        from .tokenizer import tokenizer_from_dict
+
+        try:
+            tokenizer_from_dict(m["tokenizer"])
+        except ConfigError as e:
+            raise BundleError(f"{path}: field 'tokenizer' is invalid: {e}; re-export the bundle") from None
     info = PipelineInfo(
-        name=_field(m, "name", str, path), condition=kind, cond_dim=_field(m, "condition.dim", int, path),
-        latent_dim=_field(m, "latent.dim", int, path), num_components=_field(m, "mixture.components", int, path),
-        image_size=_field(m, "image.size", int, path), channels=_field(m, "image.channels", int, path),
-        latent_bounds=m["latent"].get("bounds"),
-        tokenizer=_tokenizer(m, folder, files, path), classes=m["condition"].get("classes"), sampling=sampling,
-        image_input=m.get("image_input") if "image_encoder" in graphs else None,
-        image_translator="image_translator" in graphs, aesthetic=bool(m.get("aesthetic")),
+        name=m["name"], condition=kind, cond_dim=m["condition"]["dim"], latent_dim=m["latent"]["dim"],
+        num_components=m["mixture"]["components"], image_size=m["image"]["size"], channels=m["image"]["channels"],
+        latent_bounds=m["latent"]["bounds"], tokenizer=_tokenizer(m, folder, files, path), classes=classes,
+        sampling=sampling, image_input=m["image_input"] if "image_encoder" in graphs else None,
+        image_translator="image_translator" in graphs, aesthetic=bool(m["aesthetic"]),
     )
     if SPEC_FILE not in files:
         raise BundleError(f"{path}: {SPEC_FILE} is not listed in field 'files'; re-export the bundle")

@@ -10,14 +10,30 @@ from pathlib import Path
 import numpy as np
 
 from .bench import add_parser as add_bench_parser
-from .cli_args import add_pipeline_args, add_sampling_args, open_sampler, whole_number
+from .cli_args import (
+    MAX_BATCH,
+    MAX_COMPONENTS,
+    MAX_COPIES,
+    MAX_EPOCHS,
+    MAX_INTERPOLATE,
+    MAX_OPT_LEVEL,
+    MAX_SEED,
+    MAX_THREADS,
+    MAX_WORKSPACE_MIB,
+    add_pipeline_args,
+    add_sampling_args,
+    check_seed_range,
+    open_sampler,
+    pipeline_folder,
+    whole_number,
+)
 from .cli_pipeline import add_parsers as add_pipeline_parsers
 from .cli_pipeline import check_train_args, cmd_train_pipeline
-from .errors import Tr0nError
+from .errors import PromptError, Tr0nError
 from .extras import build_time
 from .interpolate import Interpolation, interpolation, strip_cells
 from .judge import judge_images, open_judge
-from .outputs import check_outputs, write_results
+from .outputs import Interrupted, check_output_files, check_outputs, write_results
 from .sampler import sample_queries, sample_rows
 
 EPILOG = ("Sample j of every prompt uses seed SEED + j, so a prompt's noise does not depend on the others; the same "
@@ -62,8 +78,10 @@ def cmd_sample(args) -> int:
     from .images import clip_pixels, grid, png_bytes, to_pil
 
     out_dir, json_path = args.out, args.json or args.out / "samples.json"
-    check_outputs(out_dir, json_path)  # before minutes of sampling, not after
-    folder, sampler = open_sampler(args)
+    check_seed_range(args)
+    folder = pipeline_folder(args)
+    check_outputs(out_dir, json_path, pipeline=folder, images=args.image or ())  # before loading and sampling
+    folder, sampler = open_sampler(args, folder)
     cond = conditioning(args, sampler)
     inter = cond.interpolation
     judge = open_judge(folder) if not args.no_judge else None
@@ -114,18 +132,15 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     from .atomic import write_json
 
-    if args.json:
-        check_outputs(args.json.parent, args.json)  # before the whole run, not after
-    folder, sampler = open_sampler(args)
+    check_seed_range(args)
+    folder = pipeline_folder(args)
+    prompts_file = args.prompts or folder / "prompts.txt"
+    check_output_files({"--json": args.json}, pipeline=folder, inputs={f"the prompts file {prompts_file}": prompts_file})
+    queries = read_prompts(prompts_file, args.limit)  # before loading anything
+    folder, sampler = open_sampler(args, folder)
     judge = open_judge(folder)
     if judge is None:
         raise Tr0nError(f"{folder} has no judge: eval needs a world's pipeline or a bundle exported with its judge")
-    prompts_file = args.prompts or folder / "prompts.txt"
-    if not Path(prompts_file).is_file():
-        raise Tr0nError(f"prompt file {prompts_file} does not exist: give --prompts FILE, one prompt per line")
-    queries = [line.strip() for line in Path(prompts_file).read_text().splitlines() if line.strip()]
-    if args.limit:
-        queries = queries[:args.limit]
     tick = time.perf_counter()
     results = []
     for part, out in sample_queries(sampler, queries, args.samples, args.seed, args.batch):
@@ -142,6 +157,28 @@ def cmd_eval(args) -> int:
     print(f"judge accuracy {accuracy:.3f} over {len(results)} images ({len(queries)} queries x {args.samples}); "
           f"{summary['seconds_per_image']:.3f} s/image")
     return 0
+
+
+def read_prompts(path: Path, limit: int = 0) -> list[str]:
+    """The non-blank lines of a UTF-8 prompts file (the first `limit`; 0: all); PromptError for a file that
+    is missing, unreadable, not UTF-8 or without a prompt."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise PromptError(f"prompt file {path} {what}: give --prompts FILE, one prompt per line")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise PromptError(f"cannot read prompt file {path} ({e.strerror}): check its permissions") from None
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise PromptError(f"prompt file {path} is not UTF-8 text (byte {e.start}, line {line}): save it as "
+                          "UTF-8, one prompt per line") from None
+    queries = [line.strip() for line in text.splitlines() if line.strip()]
+    if not queries:
+        raise PromptError(f"prompt file {path} holds no prompts (only blank lines): write one prompt or class "
+                          "per line")
+    return queries[:limit] if limit else queries
 
 
 def refuse_installed(folder: Path, instead: str) -> None:
@@ -208,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=Path, nargs="+", default=None, metavar="PATH",
                    help="condition on images instead (files or folders; CLIP pipelines): c = the CLIP image "
                         "embedding, mapped by the pipeline's image translator when it has one")
-    p.add_argument("--interpolate", type=whole_number(2), default=None, metavar="N",
+    p.add_argument("--interpolate", type=whole_number(2, MAX_INTERPOLATE), default=None, metavar="N",
                    help="N conditions from the first to the second prompt/class/image (slerp on the CLIP "
                         "sphere; classes linearly), each sampled with TR0N; writes OUT/strip.png")
     add_pipeline_args(p)
@@ -249,12 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "profiles (for CUDA-graph replay), and stamp them into manifest.json.")
     p.add_argument("bundle", nargs="?", type=Path, default=None, help="bundle folder (default: the --world's)")
     p.add_argument("--world", default=None, help="embedded world whose bundle to build (default: shapes)")
-    p.add_argument("--batch", type=whole_number(1), nargs="+", default=[1, 8, 32], help="batch sizes, one profile each")
-    p.add_argument("--copies", type=whole_number(0), nargs="+", default=None, help="augmented copies A (default: the bundle's)")
-    p.add_argument("--components", type=whole_number(1), nargs="+", default=None, help="mixture sizes K (default: 1 and K)")
+    p.add_argument("--batch", type=whole_number(1, MAX_BATCH), nargs="+", default=[1, 8, 32],
+                   help=f"batch sizes, one profile each, 1 to {MAX_BATCH}")
+    p.add_argument("--copies", type=whole_number(0, MAX_COPIES), nargs="+", default=None,
+                   help="augmented copies A (default: the bundle's)")
+    p.add_argument("--components", type=whole_number(1, MAX_COMPONENTS), nargs="+", default=None,
+                   help="mixture sizes K (default: 1 and K)")
     p.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="which graphs (default: fp16)")
-    p.add_argument("--opt-level", type=whole_number(0), default=3, help="TensorRT builder optimisation level 0-5 (default: 3)")
-    p.add_argument("--workspace-mib", type=whole_number(1), default=None, help="builder workspace limit (Jetson: keep it small)")
+    p.add_argument("--opt-level", type=whole_number(0, MAX_OPT_LEVEL), default=3, help="TensorRT builder optimisation level 0-5 (default: 3)")
+    p.add_argument("--workspace-mib", type=whole_number(1, MAX_WORKSPACE_MIB), default=None, help="builder workspace limit (Jetson: keep it small)")
     p.add_argument("--timing-cache", type=Path, default=None, help="timing cache file, read and updated")
     p.add_argument("--hardware-compatible", action="store_true", help="engines that run on any Ampere+ GPU")
     p.add_argument("--version-compatible", action="store_true", help="engines that run on newer TensorRT 10.x")
@@ -273,24 +313,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", type=Path, default=None, help="pipeline folder whose translator to train")
     p.add_argument("--image", action="store_true", help="--pipeline: train the image translator (no condition noise)")
     p.add_argument("--device", default="cpu", help="--pipeline: cpu or cuda (default: cpu)")
-    p.add_argument("--epochs", type=whole_number(1), default=None, help="--pipeline: epochs (default: the recipe's)")
+    p.add_argument("--epochs", type=whole_number(1, MAX_EPOCHS), default=None, help="--pipeline: epochs (default: the recipe's)")
     p.add_argument("--world", default=None, choices=["shapes", "digits"], help="world to rebuild")
     p.add_argument("--out", type=Path, default=None, help="--world: output folder (default: engines/WORLD)")
     p.add_argument("--work", type=Path, default=None,
                    help="--world: folder for synthetic pairs (default: OUT/../.cache/WORLD-pairs-seedSEED)")
-    p.add_argument("--seed", type=whole_number(0), default=None, help="--world: seed of every stage (default: 0)")
-    p.add_argument("--threads", type=whole_number(1), default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=whole_number(0, MAX_SEED), default=None, help="--world: seed of every stage (default: 0)")
+    p.add_argument("--threads", type=whole_number(1, MAX_THREADS), default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_train)
     return parser
 
 
+# What Ctrl-C leaves, per command, when the command did not say more (an outputs.Interrupted says what
+# was kept). sample, eval and bench write only at the end, each file whole or not at all.
+NOTHING_WRITTEN = "nothing was written"
+INTERRUPTED = {"sample": NOTHING_WRITTEN, "eval": NOTHING_WRITTEN, "bench": NOTHING_WRITTEN}
+UNFINISHED = "the command did not finish; files it had completed are kept: rerun it to finish"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    command = None
     try:
+        args = build_parser().parse_args(argv)
+        command = args.command
         return args.func(args)
     except Tr0nError as e:
         print(f"tr0n-rt: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        note = str(e) if isinstance(e, Interrupted) and str(e) else INTERRUPTED.get(command, UNFINISHED)
+        print(f"tr0n-rt: interrupted; {note}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,23 +2,81 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
-from .errors import Tr0nError
+from .errors import ConfigError, Tr0nError
+from .settings import MAX_COPIES, MAX_STEPS, RANGES, range_in_words
+
+# Upper bounds of the command line's numbers, refused at parse time. The sampling settings' ranges (steps,
+# copies, learning rates, ...) are settings.RANGES, shared with the Python API. BATCH and COMPONENTS are the
+# exported graphs' dynamic-axis maxima (export/graphs.py).
+MAX_COMPONENTS = 1024  # mixture sizes K (tr0n-rt build): the graphs' components axis
+MAX_BATCH = 4096  # images per backend batch: the graphs' batch axis
+MAX_PAIRS = 10**9  # synthetic pairs (`pairs --count`): the recipe makes 1M, 4.1 GB on disk
+MAX_SHARD = 1 << 20  # pairs per shard file
+MAX_SAMPLES = 100_000  # images per prompt or class
+MAX_THREADS = 1024  # CPU threads
+MAX_SEED = 2**64 - 1  # the noise generator's seeds are 64-bit (docs/bundle-format.md)
+MAX_INTERPOLATE = 1000  # conditions along an interpolation
+MAX_REPEATS = 1000  # bench: warm-up and timed calls per configuration
+MAX_TIMEOUT_S = 7 * 86400.0  # bench: seconds per configuration
+MAX_EPOCHS = 100_000  # translator training epochs
+MAX_OPT_LEVEL = 5  # TensorRT builder optimisation level
+MAX_WORKSPACE_MIB = 2**20  # TensorRT builder workspace (1 TiB)
 
 
-def whole_number(minimum: int):
-    """An argparse type: an int >= minimum, refused with argparse's usage message otherwise."""
+def whole_number(minimum: int, maximum: int | None = None):
+    """An argparse type: an int in [minimum, maximum] (no maximum: >= minimum), refused with argparse's
+    usage message and the allowed range otherwise."""
+    allowed = f"{minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number (allowed: {allowed})") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}" +
+                                             (f" (allowed: {allowed})" if maximum is not None else ""))
+        if maximum is not None and value > maximum:
+            shown = str(value) if value < 10**30 else f"a number of {len(str(value))} digits"
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {shown} (allowed: {allowed})")
         return value
 
-    parse.__name__ = f"whole number >= {minimum}"
+    parse.__name__ = f"whole number {allowed}"
+    return parse
+
+
+def seconds(maximum: float):
+    """An argparse type: a finite number of seconds > 0 and <= maximum (refuses 0, negatives, nan, inf)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of seconds") from None
+        if not (math.isfinite(value) and 0 < value <= maximum):
+            raise argparse.ArgumentTypeError(f"must be a number of seconds > 0 and <= {maximum:g}, got {text[:40]}")
+        return value
+
+    parse.__name__ = "seconds"
+    return parse
+
+
+def setting(name: str):
+    """An argparse type for a float sampling setting: a finite number in settings.RANGES[name]."""
+    lo, hi = RANGES[name]
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number ({range_in_words(name)})") from None
+        if not (math.isfinite(value) and lo <= value <= hi):
+            raise argparse.ArgumentTypeError(f"must be {range_in_words(name)}, got {text[:40]}")
+        return value
+
+    parse.__name__ = f"number {range_in_words(name)}"
     return parse
 
 
@@ -32,7 +90,7 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
                    help="which bundle graphs the onnxruntime backend runs (default: fp32)")
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu; the tensorrt backend needs cuda)")
-    g.add_argument("--threads", type=whole_number(1), default=None,
+    g.add_argument("--threads", type=whole_number(1, MAX_THREADS), default=None,
                    help="onnxruntime's CPU threads (default: one per core; fewer when the cores are shared)")
 
 
@@ -42,17 +100,21 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="paper: the reference's T=100, A=50; fast: T=25, A=8")
     g.add_argument("--mode", choices=["mixture", "sample"], default=None,
                    help="mixture: refine all K translator means (reference code); sample: z0 ~ q(z|c), then SGLD")
-    g.add_argument("--steps", type=whole_number(0), default=None, help="Langevin steps T; 0 = translator only")
-    g.add_argument("--copies", type=whole_number(0), default=None, help="augmented copies A in the energy; 0 = none")
-    g.add_argument("--latent-lr", type=float, default=None, help="SGLD step size on the means")
-    g.add_argument("--momentum", type=float, default=None, help="SGLD momentum")
-    g.add_argument("--noise-std", type=float, default=None, help="SGLD noise std added after each step")
-    g.add_argument("--logits-lr", type=float, default=None, help="Adam step size on the mixture logits")
-    g.add_argument("--aesthetic-weight", type=float, default=None,
+    g.add_argument("--steps", type=whole_number(0, MAX_STEPS), default=None,
+                   help=f"Langevin steps T, 0 to {MAX_STEPS}; 0 = translator only")
+    g.add_argument("--copies", type=whole_number(0, MAX_COPIES), default=None,
+                   help=f"augmented copies A in the energy, 0 to {MAX_COPIES}; 0 = none")
+    g.add_argument("--latent-lr", type=setting("latent_lr"), default=None, help="SGLD step size on the means")
+    g.add_argument("--momentum", type=setting("momentum"), default=None, help="SGLD momentum")
+    g.add_argument("--noise-std", type=setting("noise_std"), default=None, help="SGLD noise std added after each step")
+    g.add_argument("--logits-lr", type=setting("logits_lr"), default=None, help="Adam step size on the mixture logits")
+    g.add_argument("--aesthetic-weight", type=setting("aesthetic_weight"), default=None,
                    help="alpha of the aesthetic term in the energy (pipelines with an aesthetic head; default 0)")
-    g.add_argument("--samples", type=whole_number(1), default=1, help="images per prompt or class (default: 1)")
-    g.add_argument("--seed", type=whole_number(0), default=0, help="base seed (default: 0)")
-    g.add_argument("--batch", type=whole_number(1), default=16, help="images per backend batch (default: 16)")
+    g.add_argument("--samples", type=whole_number(1, MAX_SAMPLES), default=1,
+                   help=f"images per prompt or class, 1 to {MAX_SAMPLES} (default: 1)")
+    g.add_argument("--seed", type=whole_number(0, MAX_SEED), default=0, help="base seed, 0 to 2^64 - 1 (default: 0)")
+    g.add_argument("--batch", type=whole_number(1, MAX_BATCH), default=16,
+                   help=f"images per backend batch, 1 to {MAX_BATCH} (default: 16)")
 
 
 def resolve_pipeline(args) -> Path:
@@ -72,11 +134,30 @@ def sampling_config(args, base):
                               aesthetic_weight=args.aesthetic_weight)
 
 
-def open_sampler(args):
+def pipeline_folder(args) -> Path:
+    """The folder the command reads (--pipeline, or the --world's), checked to exist and to hold a
+    bundle or a pipeline; loads nothing."""
+    from .backends import check_pipeline_dir
+
+    folder = resolve_pipeline(args)
+    return check_pipeline_dir(folder, f"--pipeline {folder}" if args.pipeline is not None else f"world folder {folder}")
+
+
+def check_seed_range(args) -> None:
+    """Sample j of a prompt uses seed SEED + j: the last one must still be a 64-bit seed."""
+    last = args.seed + args.samples - 1
+    if last > MAX_SEED:
+        raise ConfigError(f"--seed {args.seed} with --samples {args.samples} needs seeds up to {last}, past the "
+                        f"largest seed 2^64 - 1: give --seed <= {MAX_SEED - args.samples + 1}")
+
+
+def open_sampler(args, folder: Path | None = None):
+    """Opens the command's pipeline (folder: already resolved by pipeline_folder) with its backend and
+    sampling settings."""
     from .backends import open_backend
     from .sampler import Sampler
 
-    folder = resolve_pipeline(args)
+    folder = pipeline_folder(args) if folder is None else folder
     backend = open_backend(args.backend, folder, device=args.device, precision=args.precision, threads=args.threads)
     return folder, Sampler(backend, sampling_config(args, backend.info.sampling))
 

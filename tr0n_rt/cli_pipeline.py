@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from .cli_args import whole_number
+from .cli_args import MAX_BATCH, MAX_PAIRS, MAX_SHARD, whole_number
 from .errors import ConfigError
 from .extras import build_time
 from .info import describe, render
@@ -123,9 +123,12 @@ def add_parsers(sub) -> None:
                        description="Make the recipe's synthetic pairs in FOLDER/pairs, in shards that resume "
                                    "where a run stopped; a shard range lets several processes split one run.")
     p.add_argument("folder", type=Path, help="pipeline folder (made by tr0n-rt create)")
-    p.add_argument("--count", type=whole_number(1), default=None, help="pairs (default: the recipe's)")
-    p.add_argument("--batch", type=whole_number(1), default=64, help="images per generator batch (default: 64)")
-    p.add_argument("--shard-size", type=whole_number(1), default=4096, help="pairs per shard file (default: 4096)")
+    p.add_argument("--count", type=whole_number(1, MAX_PAIRS), default=None,
+                   help=f"pairs, 1 to {MAX_PAIRS} (default: the recipe's)")
+    p.add_argument("--batch", type=whole_number(1, MAX_BATCH), default=64,
+                   help=f"images per generator batch, 1 to {MAX_BATCH} (default: 64)")
+    p.add_argument("--shard-size", type=whole_number(1, MAX_SHARD), default=4096,
+                   help=f"pairs per shard file, 1 to {MAX_SHARD} (default: 4096)")
     p.add_argument("--shards", type=shard_range, default=None, metavar="START:STOP",
                    help="make only shards START <= i < STOP (each depends only on the seed and i)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")

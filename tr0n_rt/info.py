@@ -9,19 +9,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .bundle import read_manifest
+from .jsonfile import read_json_file
 from .errors import ConfigError
+from .pipeline_json import read_pipeline_json
 
 PAIRS_DIR = "pairs"  # where `tr0n-rt pairs DIR` writes, inside the pipeline folder
 TRAINING_DIR = "training"  # where `tr0n-rt train --pipeline DIR` keeps its checkpoints
 
 
 def _json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    """A JSON object file read safely (bundle.read_json_file), None when absent."""
+    if not path.exists():
         return None
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        raise ConfigError(f"{path} is damaged ({e}); re-create or re-export it") from None
+    data = read_json_file(path, 16 << 20, ConfigError, "re-create or re-export it")
     if not isinstance(data, dict):
         raise ConfigError(f"{path} is not a JSON object; re-create or re-export it")
     return data
@@ -40,7 +41,8 @@ def describe(folder: str | Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a folder: give a pipeline folder (made by `tr0n-rt create`) or a bundle")
-    spec, manifest = _json(folder / "pipeline.json"), _json(folder / "manifest.json")
+    spec = read_pipeline_json(folder) if (folder / "pipeline.json").exists() else None  # schema-checked
+    manifest = read_manifest(folder) if (folder / "manifest.json").exists() else None
     if spec is None and manifest is None:
         raise ConfigError(f"{folder} holds neither pipeline.json nor manifest.json: it is no pipeline or bundle; "
                           "make one with `tr0n-rt create DIR --generator ... --clip ...`")

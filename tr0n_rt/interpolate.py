@@ -6,6 +6,7 @@ conditions themselves, so a strip's ends are ordinary samples of its endpoints.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,11 +26,20 @@ def slerp(c0: np.ndarray, c1: np.ndarray, t: np.ndarray) -> np.ndarray:
     return ((np.sin((1 - t) * omega) * c0 + np.sin(t * omega) * c1) / np.sin(omega)).astype(np.float32)
 
 
+MAX_POINTS = 10_000  # points of one interpolation: each is sampled, so more is a mistake, not a strip
+
+
+def check_points(n) -> None:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
+        raise ConfigError(f"--interpolate needs at least 2 points (the two endpoints), got {str(n)[:100]}")
+    if n > MAX_POINTS:
+        raise ConfigError(f"--interpolate takes at most {MAX_POINTS:,} points, got {n:,}: give fewer")
+
+
 def interpolate(c0: np.ndarray, c1: np.ndarray, n: int, kind: str) -> np.ndarray:
-    """n >= 2 conditions from c0 to c1 (endpoints included): [n, d]. kind: "text" or "image" (CLIP
+    """2 <= n <= MAX_POINTS conditions from c0 to c1 (endpoints included): [n, d]. kind: "text" or "image" (CLIP
     embeddings, slerp) or "class" (class distributions, linear)."""
-    if n < 2:
-        raise ConfigError(f"--interpolate needs at least 2 points (the two endpoints), got {n}")
+    check_points(n)
     if np.shape(c0) != np.shape(c1) or np.ndim(c0) != 1:
         raise ShapeError(f"endpoints have shapes {np.shape(c0)} and {np.shape(c1)}; give two conditions of one size")
     t = np.linspace(0.0, 1.0, n)
@@ -56,6 +66,7 @@ def interpolation(labels: list, conditions: np.ndarray, judged: list | None, n: 
     """Two endpoints (labels, conditions [2, d_c], their judged queries or None) -> n points between them."""
     if len(labels) != 2:
         raise ConfigError(f"--interpolate takes exactly two endpoints (two prompts, classes or images), got {len(labels)}")
+    check_points(n)  # before the n labels are built
     t = [i / (n - 1) for i in range(n)] if n > 1 else [0.0]
     ends = judged or [None, None]
     return Interpolation(list(labels), t, [f"{labels[0]} -> {labels[1]} @ {x:.2f}" for x in t],

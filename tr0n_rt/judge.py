@@ -22,15 +22,16 @@ install. The manifest's "judge" entry (written by export/judge_export.py) is:
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 
 from .bundle import load_bundle, verify_files
+from .jsonfile import shown
 from .errors import BundleError, PromptError, ShapeError
 from .extras import build_time
+from .pipeline_json import read_pipeline_json
 
 INPUT = "images"
 CHUNK = 256  # images per judge run
@@ -201,7 +202,8 @@ def open_judge(folder: Path):
         judge = RuntimeJudge.from_bundle(folder)
         if judge is not None:
             return judge
-    spec = json.loads((folder / "pipeline.json").read_text()).get("judge") if (folder / "pipeline.json").is_file() else None
+    # exists(), not is_file(): a pipeline.json that is a folder or a pipe is an error to report, not "no judge"
+    spec = read_pipeline_json(folder).get("judge") if (folder / "pipeline.json").exists() else None
     if not spec:
         return None
     return build_time("worlds", "the judge of a pipeline without a bundle").judge_from_spec(spec, folder)
@@ -221,31 +223,47 @@ def judge_images(judge, images, queries: list) -> list[dict | None]:
 
 
 def check_entry(entry, folder: Path) -> None:
-    """BundleError unless the manifest's judge entry has the fields this module reads."""
+    """BundleError unless the manifest's judge entry has the fields this module reads, of the kinds it reads
+    them as. load_bundle checks a manifest's judge against the schema already (schemas/manifest.schema.json);
+    this also covers a manifest dict handed to from_manifest directly, and what the schema cannot say: the
+    rule's heads exist, its prefix is a regular expression, its class indices are classes."""
     problems = []
     if not isinstance(entry, dict):
-        raise BundleError(f"{folder}: manifest field 'judge' is {entry!r}, expected an object; re-export the bundle")
+        raise BundleError(f"{folder}: manifest field 'judge' is {shown(entry)}, expected an object; re-export the bundle")
     if not isinstance(entry.get("file"), str):
         problems.append("'file' is not a file name")
     heads = entry.get("heads")
     if not (isinstance(heads, dict) and heads and all(
-            isinstance(v, list) and v and all(isinstance(n, str) for n in v) for v in heads.values())):
+            isinstance(h, str) and isinstance(v, list) and v and all(isinstance(n, str) for n in v)
+            for h, v in heads.items())):
         problems.append("'heads' is not {head: [value names]}")
+        heads = {}
     size = entry.get("input")
-    if not (isinstance(size, dict) and all(isinstance(size.get(k), int) and size[k] > 0 for k in ("channels", "size"))):
-        problems.append("'input' is not {'channels': int, 'size': int}")
+    if not (isinstance(size, dict) and all(isinstance(size.get(k), int) and not isinstance(size.get(k), bool)
+                                           and 0 < size[k] <= 16384 for k in ("channels", "size"))):
+        problems.append("'input' is not {'channels': int, 'size': int} (1 .. 16384)")
     rule = entry.get("rule")
     kind = rule.get("kind") if isinstance(rule, dict) else None
     if kind == "words":
-        if not (rule.get("words") == "tokenizer" and isinstance(rule.get("needs_any"), list)
-                and all(h in (heads if isinstance(heads, dict) else {}) for h in rule["needs_any"])):
+        needs = rule.get("needs_any")
+        if not (rule.get("words") == "tokenizer" and isinstance(needs, list)
+                and all(isinstance(h, str) and h in heads for h in needs)):
             problems.append("rule 'words' needs 'words': 'tokenizer' and 'needs_any' (a list of heads)")
     elif kind == "class":
-        if not (isinstance(rule.get("prefix"), str) and isinstance(rule.get("names"), dict)
-                and isinstance(heads, dict) and len(heads) == 1):
+        names, prefix = rule.get("names"), rule.get("prefix")
+        n = len(next(iter(heads.values()))) if len(heads) == 1 else 0
+        if not (isinstance(prefix, str) and isinstance(names, dict) and len(heads) == 1):
             problems.append("rule 'class' needs 'prefix', 'names' and exactly one head")
+        else:
+            try:
+                re.compile(prefix)
+            except (re.error, RecursionError, OverflowError) as e:
+                problems.append(f"rule 'class' prefix {shown(prefix)} is no regular expression ({e})")
+            bad = [k for k, i in names.items() if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
+            if bad:
+                problems.append(f"rule 'class' names {shown(bad)} do not name a class index 0 .. {n - 1}")
     else:
-        problems.append(f"'rule' kind is {kind!r}; this tr0n-rt knows 'words' and 'class'")
+        problems.append(f"'rule' kind is {shown(kind)}; this tr0n-rt knows 'words' and 'class'")
     if problems:
         raise BundleError(f"{folder}: manifest field 'judge' is invalid: {'; '.join(problems)}. "
                           "Re-export the bundle with this tr0n-rt version")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numbers
 import os
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +31,10 @@ from . import noise
 from .settings import SamplingConfig
 
 OUTPUTS = ("numpy", "device")
+# Bounds on what the Python API accepts, checked before any work:
+MAX_IMAGES = 100_000  # images one generate call makes (conditions x samples): it is one batch
+MAX_CONDITION = 1e4  # largest |element| of a condition: text and image conditions are unit-norm CLIP embeddings,
+#                      class conditions one-hot, so 1e4 leaves room for unnormalised embeddings and refuses 1e38
 
 
 @dataclass
@@ -45,14 +50,59 @@ class SampleBatch:
 
 
 def check_output(output: str) -> None:
-    if output not in OUTPUTS:
-        raise ConfigError(f"unknown output {output!r}; use one of: {', '.join(OUTPUTS)}")
+    if not isinstance(output, str) or output not in OUTPUTS:
+        raise ConfigError(f"unknown output {str(output)[:100]!r}; use one of: {', '.join(OUTPUTS)}")
+
+
+def check_config(config) -> None:
+    """None or a SamplingConfig, else a ConfigError (a preset's name is not a config)."""
+    if config is None or isinstance(config, SamplingConfig):
+        return
+    if isinstance(config, str):
+        raise ConfigError(f"config must be a SamplingConfig, got the string {config[:100]!r}: for a preset use "
+                          f"Sampler.open(..., preset={config[:100]!r}) or config=tr0n_rt.settings.preset({config[:100]!r})")
+    raise ConfigError(f"config must be a SamplingConfig (tr0n_rt.settings), got {type(config).__name__}")
+
+
+def as_conditions(value) -> np.ndarray:
+    """Conditions given as numbers (an array [N, d_c], or one [d_c]) -> a numeric array, at least 2-D; strings,
+    objects and ragged lists raise PromptError / ShapeError instead of numpy's ValueError."""
+    if isinstance(value, str | bytes) or (isinstance(value, list | tuple) and any(isinstance(v, str | bytes)
+                                                                              for v in value)):
+        raise PromptError("embeddings must be numbers (an array [N, d_c]), got text: for prompts use "
+                          "generate(prompts=...), for class names generate(classes=...)")
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as e:  # ragged nested lists
+        raise ShapeError(f"embeddings must be a rectangular array [N, d_c]: {str(e)[:100]}") from None
+    if arr.dtype.kind not in "fiub":
+        raise PromptError(f"embeddings must be real numbers (an array [N, d_c]), got an array of {arr.dtype} "
+                          f"{str(list(arr.shape))[:100]}")
+    return np.atleast_2d(arr)
+
+
+def check_conditions(conditions, cond_dim: int) -> np.ndarray:
+    """conditions [B, cond_dim] of finite numbers with |c| <= MAX_CONDITION -> contiguous float32, else
+    ShapeError / PromptError, before any work (NaN or huge conditions would give NaN images silently)."""
+    c = as_conditions(conditions)
+    if c.ndim != 2 or c.shape[1] != cond_dim:
+        raise ShapeError(f"conditions have shape {str(c.shape)[:100]}, expected [batch, {cond_dim}]")
+    if c.size and c.dtype.kind == "f" and not np.isfinite(c).all():
+        rows = np.flatnonzero(~np.isfinite(c).all(axis=1))
+        raise PromptError(f"conditions hold NaN or infinite values (rows {str(rows[:5].tolist())[:100]}): give "
+                          "finite numbers, e.g. a normalised CLIP embedding")
+    big = max(abs(float(c.max())), abs(float(c.min()))) if c.size else 0.0  # no abs() overflow of int64 min
+    if big > MAX_CONDITION:
+        raise PromptError(f"a condition holds {big:.3g}, larger than {MAX_CONDITION:g} in magnitude: conditions are "
+                          "CLIP embeddings (unit norm) or one-hot classes; normalise it")
+    return np.ascontiguousarray(c, dtype=np.float32)
 
 
 class Sampler:
     """Loads nothing itself: give it an open backend. `sample_*` methods return a SampleBatch."""
 
     def __init__(self, backend: Backend, config: SamplingConfig | None = None):
+        check_config(config)
         self.backend = backend
         self.info = backend.info
         self.config = config or backend.info.sampling
@@ -158,25 +208,38 @@ class Sampler:
             images      image files or folders (CLIP pipelines; the image translator maps them)
         Row i * samples + j is condition i with seed `seed + j`, as `tr0n-rt sample` does, so an image's
         noise is the same whatever else is in the batch (its pixels: README, "Batch invariance"). output: "numpy", or "device" to keep the images
-        where the backend made them (see `sample`)."""
+        where the backend made them (see `sample`). Refused before any work (ConfigError): more than MAX_IMAGES
+        (100,000) samples, or conditions x samples, in one call; seeds past 2^64; a config that is not a
+        SamplingConfig. Conditions must be finite with every |element| <= MAX_CONDITION (1e4; PromptError)."""
         given = {k: v for k, v in (("prompts", prompts), ("classes", classes), ("embeddings", embeddings),
                                    ("images", images)) if v is not None}
         if len(given) != 1:
             raise ConfigError(f"give exactly one of prompts, classes, embeddings or images (got "
                               f"{', '.join(given) or 'none'})")
-        if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
-            raise ConfigError(f"samples must be a whole number >= 1, got {samples!r}")
+        if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or not 1 <= samples <= MAX_IMAGES:
+            raise ConfigError(f"samples must be a whole number >= 1 and <= {MAX_IMAGES:,}, got {str(samples)[:100]}")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}")
+            raise ConfigError(f"seed must be a whole number >= 0, got {str(seed)[:100]}")
+        if int(seed) + int(samples) > noise.SEED_LIMIT:
+            raise ConfigError(f"seeds seed .. seed + samples - 1 must be below 2^64, got seed {seed} with {samples} "
+                              "samples")
         check_output(output)
+        check_config(config)
         (kind, value), = given.items()
         translator = "translator"
         if kind == "embeddings":
-            c = np.atleast_2d(np.asarray(value, dtype=np.float32))  # one embedding [d_c] is one row
+            c = check_conditions(value, self.info.cond_dim)  # one embedding [d_c] is one row
+            self._check_count(len(c), samples)
         else:
-            value = [value] if isinstance(value, (str, numbers.Integral, os.PathLike)) else list(value)  # one prompt, class or file
+            if isinstance(value, (str, numbers.Integral, os.PathLike)):  # one prompt, class or file
+                value = [value]
+            elif isinstance(value, bytes) or not isinstance(value, Iterable):
+                raise ConfigError(f"{kind} must be a list (or a single one), got {type(value).__name__}")
+            else:
+                value = list(value)
             if not value:
                 raise ConfigError(f"{kind} is empty: give at least one")
+            self._check_count(len(value), samples)
             if kind == "prompts":
                 c = self.encode_text(value)
             elif kind == "classes":
@@ -186,6 +249,12 @@ class Sampler:
         rows = np.repeat(np.arange(len(c)), samples)
         seeds = [seed + j for _ in range(len(c)) for j in range(samples)]
         return self.sample(c[rows], seeds, config, translator, output)
+
+    @staticmethod
+    def _check_count(conditions: int, samples: int) -> None:
+        if conditions * samples > MAX_IMAGES:
+            raise ConfigError(f"{conditions:,} conditions x {samples:,} samples = {conditions * samples:,} images in one "
+                              f"batch, more than {MAX_IMAGES:,}: call generate on fewer at a time")
 
     def sample(self, conditions: np.ndarray, seeds: list[int], config: SamplingConfig | None = None,
                translator: str = "translator", output: str = "numpy") -> SampleBatch:
@@ -197,13 +266,15 @@ class Sampler:
         OrtValue has __dlpack__ in recent onnxruntime: checked with 1.32). Device work is finished when
         this returns, so any stream may read them."""
         check_output(output)
+        check_config(config)
         cfg = config or self.config
         if cfg.aesthetic_weight and not self.info.aesthetic:
             raise ConfigError(f"aesthetic_weight {cfg.aesthetic_weight} needs an aesthetic head, and pipeline "
                               f"{self.info.name!r} has none: add one (pipeline.json 'aesthetic') and re-export")
-        conditions = np.ascontiguousarray(conditions, dtype=np.float32)
-        if conditions.ndim != 2 or conditions.shape[1] != self.info.cond_dim:
-            raise ShapeError(f"conditions have shape {conditions.shape}, expected [batch, {self.info.cond_dim}]")
+        conditions = check_conditions(conditions, self.info.cond_dim)
+        if isinstance(seeds, str | bytes) or not isinstance(seeds, Sequence | np.ndarray):
+            raise ConfigError(f"seeds must be a list of whole numbers, one per condition row, got "
+                              f"{type(seeds).__name__}")
         if len(seeds) != conditions.shape[0]:
             raise ShapeError(f"{len(seeds)} seeds for {conditions.shape[0]} conditions: give one seed per row")
         keys = noise.check_seeds(seeds)

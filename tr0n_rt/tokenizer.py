@@ -22,10 +22,13 @@ import html
 import html.entities
 import importlib
 import importlib.util
+import io
 import itertools
 import os
 import re
+import stat
 import unicodedata
+import zlib
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -364,14 +367,48 @@ def _default_bpe_path() -> str:
     )
 
 
+# The shipped merges file is 1.36 MB, 3.2 MB unpacked: these bounds leave room and stop a gzip bomb early.
+BPE_MAX_BYTES = 8 << 20  # the gzip file
+BPE_MAX_UNPACKED = 16 << 20  # its text; read in chunks, so no more than this is ever inflated
+_BPE_CHUNK = 1 << 20
+
+
+def _read_bpe_bytes(path: str) -> bytes:
+    """The unpacked bytes of a gzip merges file: only a regular file (stat before open, and the descriptor
+    opened non-blocking and checked again, so a FIFO or device can never block the read), at most
+    BPE_MAX_BYTES packed and BPE_MAX_UNPACKED unpacked."""
+    fix = f"pass the CLIP merges file {BPE_FILENAME} (tr0n-rt ships it; bpe_path can be left out)"
+    info = os.stat(path)  # FileNotFoundError goes to the caller
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"the BPE merges file {path} is not a regular file (a folder, pipe or device); {fix}")
+    if info.st_size > BPE_MAX_BYTES:
+        raise ConfigError(f"the BPE merges file {path} has {info.st_size} bytes, more than the "
+                          f"{BPE_MAX_BYTES >> 20} MiB such a file may have (CLIP's is 1.4 MB); {fix}")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as raw:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"the BPE merges file {path} is not a regular file; {fix}")
+        packed = raw.read(BPE_MAX_BYTES + 1)
+    if len(packed) > BPE_MAX_BYTES:
+        raise ConfigError(f"the BPE merges file {path} grew past {BPE_MAX_BYTES >> 20} MiB while it was read; {fix}")
+    parts, total = [], 0
+    with gzip.GzipFile(fileobj=io.BytesIO(packed), mode="rb") as f:
+        while chunk := f.read(_BPE_CHUNK):
+            total += len(chunk)
+            if total > BPE_MAX_UNPACKED:
+                raise ConfigError(f"the BPE merges file {path} unpacks to more than {BPE_MAX_UNPACKED >> 20} MiB "
+                                  f"(CLIP's: 3.2 MB): it is not a CLIP merges file; {fix}")
+            parts.append(chunk)
+    return b"".join(parts)
+
+
 @lru_cache(maxsize=8)
 def _load_bpe(path: str) -> _BPEData:
     try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            lines = f.read().split("\n")
+        lines = _read_bpe_bytes(path).decode("utf-8").split("\n")
     except FileNotFoundError:
         raise ConfigError(f"BPE merges file not found: {path}") from None
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
         raise ConfigError(f"cannot read the BPE merges file {path} (a gzip text file): {e}") from None
     merges = [tuple(line.split()) for line in lines[1 : _CLIP_N_MERGES + 1]]
     if len(merges) < _CLIP_N_MERGES or any(len(m) != 2 for m in merges):

@@ -17,6 +17,11 @@ storage as `torch.storage._load_from_bytes(bytes)`, bytes being a legacy torch.s
   collections.OrderedDict, builtins.set / frozenset, dnnlib.util.EasyDict (-> a dict), numeric numpy scalars
   (-> Python numbers) and arrays (StyleGAN3 keeps some), _codecs.encode(str, "latin1") (protocol-2 bytes).
 Any other global (os.system, builtins.eval, training.networks.*, ...) raises CheckpointError naming it.
+Memory is bounded before it is allocated: a storage record may not declare more bytes than it holds (checked
+on its header, before torch.load allocates the declared size), and the storages, tensors and numpy arrays one
+file rebuilds may not add up to more than 2 x its size + 16 MiB (a genuine file's tensors are views of storages
+held in it: a 1 KB file cannot declare a stride-0 tensor of 1.4 GB). G_ema may hold at most 10,000 modules, and
+a module attribute at most 100,000 values 32 deep (memo references can share one record or list everywhere).
 
 Names: ours are NVIDIA's (see the `stylegan2` module table), so the key map is the identity; NVIDIA's fixed FIR
 buffers (`*.resample_filter`, checked to be [1, 3, 3, 1]) and `mapping.w_avg` (truncation only) are dropped.
@@ -45,6 +50,7 @@ or activations, StyleGAN3 generators (configs t / r), TensorFlow-era pickles, to
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 import pickle
@@ -83,14 +89,86 @@ def _persistent_object(meta) -> NvidiaObject:
     return NvidiaObject(meta["class_name"], dict(meta["state"]))  # meta["module_src"] is never looked at
 
 
-def _storage_from_bytes(data):
+class _Budget:
+    """Bytes a pickle may still have rebuilt (storages, tensors, numpy arrays), charged before each allocation."""
+
+    SLACK = 16 << 20  # for expanded (stride-0) buffers and small records; a 1 KB file gets no more than this
+
+    def __init__(self, file_bytes: int):
+        self.left = 2 * file_bytes + self.SLACK
+
+    def take(self, nbytes: int, what: str) -> None:
+        if nbytes > self.left:
+            raise CheckpointError(f"{what} would need {_size(nbytes)}, more than a pickle of this size can hold "
+                                  "(its storages, tensors and arrays may add up to 2 x the file size + 16 MiB); "
+                                  "the file is corrupt or hostile, not a genuine NVIDIA network pickle")
+        self.left -= nbytes
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes:,} bytes"[:100]
+
+
+_STORAGE_ITEMSIZE = {"DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2,
+                     "LongStorage": 8, "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1,
+                     "BoolStorage": 1, "UntypedStorage": 1}
+_NOT_A_STORAGE = ("a tensor storage record holds objects other than a storage (refused by torch.load("
+                  "weights_only=True)); this is not a genuine NVIDIA pickle")
+
+
+class _StorageHeader(pickle.Unpickler):
+    """Reads a legacy torch.save storage record up to its data, keeping the storages it declares; no globals but
+    torch's storage types, so nothing is allocated beyond the header's own objects."""
+
+    def __init__(self, file):
+        super().__init__(file)
+        self.declared = []
+
+    def find_class(self, module, name):
+        if module == "torch" and name in _STORAGE_ITEMSIZE:
+            return name
+        raise CheckpointError(_NOT_A_STORAGE)
+
+    def persistent_load(self, pid):
+        self.declared.append(pid)
+
+
+def _check_storage_header(data: bytes) -> None:
+    """Refuses a storage record whose declared storages need more bytes than the record holds, before
+    torch.load allocates what it declares (torch allocates first, then finds the data short)."""
+    from torch.serialization import MAGIC_NUMBER, PROTOCOL_VERSION
+
+    header = _StorageHeader(io.BytesIO(data))
+    try:
+        if header.load() != MAGIC_NUMBER or header.load() != PROTOCOL_VERSION:
+            raise CheckpointError("a tensor storage record is not a torch.save storage (wrong magic number)")
+        header.load()  # sys_info
+        header.load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        raise CheckpointError("a tensor storage record is truncated or not a torch.save storage") from None
+    roots = {}
+    for pid in header.declared:
+        ok = isinstance(pid, tuple) and len(pid) == 6 and pid[0] in ("storage", b"storage") \
+            and isinstance(pid[1], str) and pid[1] in _STORAGE_ITEMSIZE and type(pid[4]) is int and pid[4] >= 0
+        if not ok:
+            raise CheckpointError(f"malformed storage id in a tensor storage record: {str(pid)[:100]}")
+        roots[str(pid[2])] = pid[4] * _STORAGE_ITEMSIZE[pid[1]]
+    declared = sum(roots.values())
+    if declared > len(data):
+        raise CheckpointError(f"a tensor storage record declares {_size(declared)} of data but holds "
+                              f"{len(data):,} bytes; the file is corrupt or hostile, not a genuine NVIDIA pickle")
+
+
+def _storage_from_bytes(data, budget: _Budget | None = None):
     if not isinstance(data, bytes):
         raise CheckpointError("torch.storage._load_from_bytes given something other than bytes")
+    _check_storage_header(data)
+    if budget is not None:
+        budget.take(len(data), "a tensor storage")
     try:
         storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise CheckpointError("a tensor storage record holds objects other than a storage (refused by "
-                              "torch.load(weights_only=True)); this is not a genuine NVIDIA pickle") from None
+        raise CheckpointError(_NOT_A_STORAGE) from None
     if not isinstance(storage, torch.TypedStorage):
         raise CheckpointError(f"a storage record holds {type(storage).__name__}, not a typed storage")
     return storage
@@ -100,11 +178,15 @@ def _is_ints(xs) -> bool:
     return isinstance(xs, tuple | list) and all(type(x) is int and x >= 0 for x in xs)
 
 
-def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
-    """A copy of storage[offset :: stride] with shape `size`; as_strided refuses views past the storage's end."""
+def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None,
+                    budget: _Budget | None = None):
+    """A copy of storage[offset :: stride] with shape `size`; as_strided refuses views past the storage's end,
+    and the copy's bytes are charged to the pickle's budget before it is made (a stride-0 view can be huge)."""
     if not isinstance(storage, torch.TypedStorage) or type(offset) is not int or not _is_ints(size) \
             or not _is_ints(stride) or len(size) != len(stride) or hooks or metadata:
         raise CheckpointError("malformed tensor record (storage, offset, size, stride; no hooks or metadata)")
+    if budget is not None:
+        budget.take(math.prod(size) * storage.dtype.itemsize, f"a tensor of shape {str(list(size))[:100]}")
     base = torch.empty(0, dtype=storage.dtype).set_(storage._untyped_storage)
     return base.as_strided(tuple(size), tuple(stride), offset).clone()
 
@@ -137,10 +219,12 @@ def _numpy_scalar(dtype, data=b""):
     return np.frombuffer(data, dtype=dtype.dtype)[0].item()
 
 
-def _numpy_frombuffer(buf, dtype, shape, order="C"):
+def _numpy_frombuffer(buf, dtype, shape, order="C", budget: _Budget | None = None):
     if not isinstance(buf, bytes | bytearray) or not isinstance(dtype, _NumpyDType) or not _is_ints(shape) \
             or order not in ("C", "F"):
         raise CheckpointError("malformed numpy array record")
+    if budget is not None:
+        budget.take(2 * len(buf), "a numpy array")
     return np.frombuffer(bytes(buf), dtype=dtype.dtype).reshape(shape, order=order).copy()
 
 
@@ -150,16 +234,16 @@ _NDARRAY = object()  # what numpy.ndarray resolves to: only a marker for _recons
 class _NumpyArray:
     """numpy's ndarray pickle: _reconstruct(ndarray, (0,), b"b"), then BUILD (version, shape, dtype, fortran, raw)."""
 
-    def __init__(self, cls=None, shape=(0,), code=b"b"):
+    def __init__(self, cls=None, shape=(0,), code=b"b", budget: _Budget | None = None):
         if cls is not _NDARRAY:
             raise CheckpointError("numpy _reconstruct of something other than numpy.ndarray")
-        self.value = None
+        self.value, self.budget = None, budget
 
     def __setstate__(self, state):
         if not (isinstance(state, tuple) and len(state) == 5):
             raise CheckpointError("malformed numpy array record")
         _, shape, dtype, fortran, raw = state
-        self.value = _numpy_frombuffer(raw, dtype, shape, "F" if fortran else "C")
+        self.value = _numpy_frombuffer(raw, dtype, shape, "F" if fortran else "C", budget=self.budget)
 
 
 def _latin1(text, encoding="latin1"):
@@ -193,12 +277,21 @@ _ALLOWED = {
 }
 
 
+_CHARGED = (_storage_from_bytes, _rebuild_tensor, _numpy_frombuffer, _NumpyArray)  # take a budget= keyword
+
+
 class _WeightsUnpickler(pickle.Unpickler):
-    """Unpickles NVIDIA's network pickles into stand-ins; any global off the allow-list raises CheckpointError."""
+    """Unpickles NVIDIA's network pickles into stand-ins; any global off the allow-list raises CheckpointError.
+    What allocates (storages, tensors, numpy arrays) is charged to `budget` before allocating."""
+
+    def __init__(self, file, budget: _Budget):
+        super().__init__(file)
+        self.budget = budget
 
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED:
-            return _ALLOWED[module, name]
+            fn = _ALLOWED[module, name]
+            return functools.partial(fn, budget=self.budget) if fn in _CHARGED else fn
         if module.startswith("dnnlib.tflib"):
             raise CheckpointError(f"this is a TensorFlow-era StyleGAN pickle ({module}.{name}); convert it to "
                                   "PyTorch with NVIDIA's stylegan2-ada-pytorch legacy.py first")
@@ -222,7 +315,7 @@ def read_nvidia_pickle(path) -> object:
                                   "(pickle.dump of G, D, G_ema); for state dicts use tr0n_rt.export.checkpoints")
         f.seek(0)
         try:
-            return _WeightsUnpickler(f).load()
+            return _WeightsUnpickler(f, _Budget(path.stat().st_size)).load()
         except CheckpointError as e:
             raise CheckpointError(f"cannot read {path}: {e}") from None
         except Exception as e:  # noqa: BLE001 -- truncated, corrupt, not a pickle, or a storage torch refuses
@@ -234,12 +327,32 @@ def read_nvidia_pickle(path) -> object:
 # ---- the G_ema record --------------------------------------------------------------------------------------
 
 
-def _plain(v) -> bool:
-    if isinstance(v, bool | int | float | str | type(None)):
-        return True
-    if isinstance(v, tuple | list):
-        return all(_plain(x) for x in v)
-    return isinstance(v, dict) and all(isinstance(k, str) and _plain(x) for k, x in v.items())
+MAX_ATTRIBUTE_ITEMS = 100_000  # values in one module attribute (NVIDIA's are numbers, strings and short lists)
+
+
+def _plain(v, where: str) -> bool:
+    """Whether v is plain data (numbers, strings, None, and lists, tuples and str-keyed dicts of them). Walked
+    without recursion and at most MAX_ATTRIBUTE_ITEMS values 32 deep: a crafted pickle can share one list at
+    every level (2^n values from n memo references) or nest lists thousands deep."""
+    stack, seen = [(v, 0)], 0
+    while stack:
+        x, depth = stack.pop()
+        seen += 1
+        if seen > MAX_ATTRIBUTE_ITEMS or depth > 32:
+            raise CheckpointError(f"attribute {where[:100]} holds more than {MAX_ATTRIBUTE_ITEMS:,} values or nests "
+                                  "deeper than 32; the file is corrupt or hostile, not a genuine NVIDIA network pickle")
+        if isinstance(x, bool | int | float | str | type(None)):
+            continue
+        if isinstance(x, tuple | list):
+            stack.extend((y, depth + 1) for y in x)
+        elif isinstance(x, dict) and all(isinstance(k, str) for k in x):
+            stack.extend((y, depth + 1) for y in x.values())
+        else:
+            return False
+    return True
+
+
+MAX_MODULES = 10_000
 
 
 def flatten(obj: NvidiaObject) -> dict:
@@ -252,9 +365,13 @@ def flatten(obj: NvidiaObject) -> dict:
             raise CheckpointError(f"module {prefix or '(top)'} is {type(o).__name__}, not a persistent NVIDIA module")
         if prefix.count(".") > 16:  # StyleGAN2 nests 4 deep; this also ends a cycle a crafted pickle could build
             raise CheckpointError(f"modules nested deeper than 16 levels at {prefix[:200]}...")
+        if len(classes) >= MAX_MODULES:  # a crafted pickle can share one module many times at every level
+            raise CheckpointError(f"more than {MAX_MODULES:,} modules (a StyleGAN2 generator has about 100); the "
+                                  "file is corrupt or hostile, not a genuine NVIDIA network pickle")
         path = prefix[:-1]
         classes[path] = o.class_name
-        attributes[path] = {k: v for k, v in o.state.items() if not k.startswith("_") and _plain(v)}
+        attributes[path] = {k: v for k, v in o.state.items()
+                            if isinstance(k, str) and not k.startswith("_") and _plain(v, f"{prefix}{k}")}
         for group in ("_parameters", "_buffers", "_modules"):
             items = o.state.get(group) or {}
             if not isinstance(items, dict) or not all(isinstance(k, str) for k in items):
@@ -274,10 +391,16 @@ def flatten(obj: NvidiaObject) -> dict:
 def load_nvidia_pkl(path, network: str = "G_ema") -> dict:
     """`network` ("G_ema", or "G") of an NVIDIA pickle as a record (see `flatten`), never running its code."""
     data = read_nvidia_pickle(path)
-    if not isinstance(data, dict) or not isinstance(data.get(network), NvidiaObject):
-        found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
-        raise CheckpointError(f"{path} is not an NVIDIA network pickle with {network!r} (found {found})")
-    return flatten(data[network])
+    if not isinstance(data, dict) or network not in data:
+        found = f"keys {str(sorted(map(str, data)))[:100]}" if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{path} is not an NVIDIA network pickle with {network!r} (found {found}); give a "
+                              "network-snapshot-*.pkl or stylegan2-*.pkl written by stylegan2-ada-pytorch / stylegan3")
+    net = data[network]
+    if not isinstance(net, NvidiaObject):
+        what = f"a tensor of shape {list(net.shape)}" if isinstance(net, torch.Tensor) else f"a {type(net).__name__}"
+        raise CheckpointError(f"{path}: {network!r} is {what[:100]}, not a network saved by NVIDIA's "
+                              "torch_utils.persistence; the file is not a genuine NVIDIA network pickle")
+    return flatten(net)
 
 
 # ---- layout checks and config -----------------------------------------------------------------------------
@@ -304,7 +427,7 @@ def check_layout(record: dict) -> float:
         else:
             same = got == want
         if not same:
-            problems.append(f"{path or '(top)'}.{name} = {got!r} (supported: {want!r})")
+            problems.append(f"{path or '(top)'}.{name} = {repr(got)[:100]} (supported: {want!r})")
 
     expect("", "c_dim", 0)
     expect("", "img_channels", 3)

@@ -97,12 +97,11 @@ def add_image_features(name: str, out_dir: str | Path, seed: int = 0, work_dir: 
                        progress: bool = True) -> dict:
     """Adds image_translator and aesthetic to an already built world (the same stage build_world runs,
     on the same pairs, without retraining its models); rewrites pipeline.json."""
-    import json
-
     from tr0n_rt.atomic import write_json
+    from tr0n_rt.pipeline_json import read_pipeline_json
 
     out_dir = Path(out_dir)
-    spec = json.loads((out_dir / "pipeline.json").read_text())
+    spec = read_pipeline_json(out_dir)
     work_dir = Path(work_dir) if work_dir else out_dir.parent / ".cache" / f"{name}-pairs-seed{seed}"
     g, f = load_models(out_dir, spec)
     make_pairs(g, f, importlib.import_module(f"{__package__}.{name}.build").WORLD_INFO["translator"]["n_pairs"],
