@@ -101,7 +101,7 @@ def test_bench_png_never_replaces_a_fifo(tiny_text_pipeline, box, no_loading, ca
 
 def test_outputs_never_replace_a_users_other_file(tiny_text_pipeline, box, no_loading, capsys):
     """An existing --json must look like a result (a JSON object) and --png like a PNG; empty files may go."""
-    from tr0n_rt.outputs import check_output_files
+    from tr0n_rt.output_checks import check_output_files
 
     (box / "notes.txt").write_text("user data: {not json}")
     (box / "chart.png").write_text("not a picture")

@@ -328,7 +328,8 @@ def chart(result: dict):
 def cmd_bench(args) -> int:
     from .atomic import write_bytes, write_json
     from .images import png_bytes
-    from .outputs import Interrupted, check_output_files
+    from .output_checks import check_output_files
+    from .outputs import Interrupted
 
     folder = pipeline_folder(args).resolve()
     check_output_files({"--json": args.json, "--png": args.png}, pipeline=folder)  # before minutes of runs

@@ -33,7 +33,8 @@ from .errors import PromptError, Tr0nError
 from .extras import build_time
 from .interpolate import Interpolation, interpolation, strip_cells
 from .judge import judge_images, open_judge
-from .outputs import Interrupted, check_output_files, check_outputs, write_results
+from .output_checks import check_output_files, check_outputs
+from .outputs import Interrupted, write_results
 from .sampler import sample_queries, sample_rows
 
 EPILOG = ("Sample j of every prompt uses seed SEED + j, so a prompt's noise does not depend on the others; the same "
