@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A client of the tr0n-rt bundle format, version 2, written from BUNDLE-FORMAT.md alone.
+"""A client of the tr0n-rt bundle format, version 2, following BUNDLE-FORMAT.md step by step.
 
 It uses numpy, onnxruntime and the Python standard library, and never imports tr0n_rt: it is what an
 embedder in another language writes, and CI checks that it reproduces `tr0n-rt sample` bit for bit.
