@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import Tr0nError
+from .jsonfile import read_json_file
 from .output_checks import RUN_FILE, STAGE_PREFIX, real
 
 STAGE_DIR = re.compile(r"\.tr0n-rt-sample\.(\d+)\.([0-9a-f]+)")  # OUT/.tr0n-rt-sample.PID.TOKEN
@@ -213,7 +214,7 @@ def dead_stages(out: Path) -> list[tuple[Path, dict | None]]:
     for entry in os.scandir(out):
         m = STAGE_DIR.fullmatch(entry.name)
         if m and entry.is_dir(follow_symlinks=False) and not alive(int(m[1]), m[2], Path(entry.path)):
-            plan = read_json_file(Path(entry.path) / PLAN)
+            plan = previous_json(Path(entry.path) / PLAN)
             plan = plan if isinstance(plan, dict) and plan.get("out") == str(out) else None
             found.append((Path(entry.path), plan))
     return found
@@ -247,19 +248,20 @@ def remove_dead_parts(json_path: Path) -> None:
             _unlink(Path(entry.path))
 
 
-def read_json_file(path: Path):
-    """The JSON of a regular file (never a FIFO, device or link: reading one could block), else None."""
+def previous_json(path: Path):
+    """The JSON of an earlier run's file, else None: a regular file only (never a FIFO, device or link:
+    reading one could block), read by jsonfile.read_json_file (size, nesting and parse bounded)."""
     if not is_regular(path):
         return None
     try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        return read_json_file(path, 16 << 20, Tr0nError, "")
+    except Tr0nError:
         return None
 
 
 def describes(json_path: Path, out: Path) -> bool:
     """Whether json_path is a samples JSON of this tr0n-rt that records OUT (real) as its "out"."""
-    data = read_json_file(json_path)
+    data = previous_json(json_path)
     return isinstance(data, dict) and data.get("out") == str(out) and isinstance(data.get("images"), list)
 
 
@@ -270,7 +272,7 @@ def listed_images(json_path: Path, out_dir: Path) -> set[str]:
     out = real(out_dir)
     if not describes(json_path, out):
         return set()
-    data = read_json_file(json_path)
+    data = previous_json(json_path)
     names = {Path(r["file"]).name for r in data["images"] if isinstance(r, dict) and isinstance(r.get("file"), str)}
     names |= {Path(data[k]).name for k in ("grid", "strip") if isinstance(data.get(k), str)}
     return {n for n in names if RUN_FILE.fullmatch(n)}
