@@ -262,7 +262,45 @@ def softmax64(logits, axis):
 IDENTITY_AUG = [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 2.0, 2.0]
 
 
-def sample(m: dict, graphs: Graphs, c: np.ndarray, seeds: list[int], cfg: dict):
+def mixture(logits: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Section 6, step 4: the latent [B, D] of a mixture state [B, K, D] (float64 softmax, summed in order)."""
+    w, mu = softmax64(logits, 1), means.astype(np.float64)
+    acc = w[:, 0] * mu[:, 0]
+    for k in range(1, mu.shape[1]):
+        acc = acc + w[:, k] * mu[:, k]
+    return acc.astype(np.float32)
+
+
+def chunked_step(m: dict, graphs: Graphs, state: dict, latent: np.ndarray, fixed: dict, aug: np.ndarray,
+                 sgld: np.ndarray, chunk: int):
+    """Section 3, "The chunked step": generator, energy_grad per chunk of copies, update."""
+    b, a = aug.shape[:2]
+    images = graphs.run("generator", {"latent": latent})["images"]
+    sums = {"grad_sum": np.zeros(images.shape, np.float32), "energy_sum": np.zeros(b, np.float32)}
+    alpha = {"aesthetic_weight": fixed["aesthetic_weight"]} if "aesthetic_weight" in fixed else {}
+    for start in range(0, a, chunk):
+        out = graphs.run("energy_grad", {"images": images, "condition": fixed["condition"],
+                                         "aug_noise": np.ascontiguousarray(aug[:, start:start + chunk]),
+                                         "copies": np.array([a], np.float32), **sums, **alpha})
+        sums = {"grad_sum": out["grad_sum_next"], "energy_sum": out["energy_sum_next"]}
+    hparams = {k: v for k, v in fixed.items() if k != "condition"}
+    out = graphs.run("update", {**state, **hparams, "grad_sum": sums["grad_sum"], "sgld_noise": sgld})
+    return {k: out[k + "_next"] for k in state}, out["latent_next"]
+
+
+def final_energy(graphs: Graphs, latent: np.ndarray, c: np.ndarray, aug: np.ndarray, chunk: int | None):
+    """Section 6, step 4: the energy graph on all copies, or on chunks of them (weighted by m_j / A in float64)."""
+    if chunk is None:
+        return graphs.run("energy", {"latent": latent, "condition": c, "aug_noise": aug})["energy"]
+    a, total = aug.shape[1], 0.0
+    for start in range(0, a, chunk):
+        part = np.ascontiguousarray(aug[:, start:start + chunk])
+        e = graphs.run("energy", {"latent": latent, "condition": c, "aug_noise": part})["energy"]
+        total = total + e.astype(np.float64) * (part.shape[1] / a)
+    return total.astype(np.float32)
+
+
+def sample(m: dict, graphs: Graphs, c: np.ndarray, seeds: list[int], cfg: dict, chunk: int | None = None):
     b, d = len(seeds), m["latent"]["dim"]
     steps, copies = cfg["steps"], cfg["copies"]
 
@@ -305,16 +343,16 @@ def sample(m: dict, graphs: Graphs, c: np.ndarray, seeds: list[int], cfg: dict):
                                     ("latent_lr", "momentum", "noise_std", "logits_lr", "clip_norm", "adam_eps")}}
         if m["aesthetic"]:
             fixed["aesthetic_weight"] = np.array([cfg["aesthetic_weight"]], np.float32)
+        latent = mixture(state["logits"], state["means"]) if chunk is not None else None
         for t in range(steps):
-            out = graphs.run("step", {**state, **fixed, "aug_noise": aug_noise(t),
-                                      "sgld_noise": normals(seeds, SGLD, t, state["means"].shape[1:])})
+            sgld = normals(seeds, SGLD, t, state["means"].shape[1:])
+            if chunk is not None:
+                state, latent = chunked_step(m, graphs, state, latent, fixed, aug_noise(t), sgld, chunk)
+                continue
+            out = graphs.run("step", {**state, **fixed, "aug_noise": aug_noise(t), "sgld_noise": sgld})
             state = {k: out[k + "_next"] for k in state}
-        w, mu = softmax64(state["logits"], 1), state["means"].astype(np.float64)
-        acc = w[:, 0] * mu[:, 0]
-        for k in range(1, mu.shape[1]):
-            acc = acc + w[:, k] * mu[:, k]
-        latent = acc.astype(np.float32)
-        energy = graphs.run("energy", {"latent": latent, "condition": c, "aug_noise": aug_noise(steps)})["energy"]
+        latent = mixture(state["logits"], state["means"])
+        energy = final_energy(graphs, latent, c, aug_noise(steps), chunk)
     return graphs.run("generator", {"latent": latent})["images"], latent, energy
 
 
@@ -344,6 +382,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--copies", type=int, default=None)
     ap.add_argument("--mode", choices=["mixture", "sample"], default=None)
+    ap.add_argument("--chunk", type=int, default=None, help="the chunked step, M copies per energy_grad run "
+                                                             "(as the memory_plan of `tr0n-rt sample`'s JSON)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     try:
@@ -360,7 +400,8 @@ def main(argv=None) -> int:
     records = []
     for start in range(0, len(rows), args.batch):
         part = rows[start:start + args.batch]
-        images, _, energy = sample(m, graphs, c[[i for _, i, _ in part]], [s for *_, s in part], cfg)
+        chunk = None if args.chunk is None else min(args.chunk, max(cfg["copies"], 1))
+        images, _, energy = sample(m, graphs, c[[i for _, i, _ in part]], [s for *_, s in part], cfg, chunk)
         for r, (q, _, seed) in enumerate(part):
             name = f"{start + r:03d}.png"
             (args.out / name).write_bytes(png(images[r]))

@@ -29,6 +29,7 @@ from tr0n_rt.graphs import GraphSpec, graph_parts
 from . import fp16 as fp16_mod
 from .clean import strip_build_metadata
 from .graphs import export_graph, graph_specs
+from .memory_count import activation_rows
 from .onnx_fixes import (conv_grads_as_conv, decompose_layer_norms, expanded_weight_reads, fold_expanded_weights,
                          outputs_from_nodes, pool_grads_as_resize, scatter_gather_nd)
 from .pipeline import TorchPipeline
@@ -42,6 +43,10 @@ STAGE_PREFIX = ".export-"  # the staging folder inside the bundle (git-ignored)
 # encoder, energy and step graphs (~1.3 GB float32) are over it; their FP16 variants are not.
 EXTERNAL_DATA_BYTES = 1 << 30
 DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT16: "float16"}
+
+
+# Graphs whose activation bytes the manifest records: those of the Langevin loop (tr0n_rt/memory.py)
+COUNTED_GRAPHS = ("generator", "energy", "step", "energy_grad", "update")
 
 
 def tensor_specs(values) -> dict:
@@ -262,7 +267,7 @@ def _export_graphs(p: TorchPipeline, stage: Path, graphs, fp16: bool, validate: 
                 "pool_grads_as_resize": pools, "layer_norms_decomposed": norms, "outputs_through_identity": routed,
                 "build_metadata_removed": stripped}
         path16 = stage / f"{spec.name}.fp16.onnx"
-        model16 = fp16_mod.to_fp16(model) if fp16 else None  # before save_graph may move the weights out
+        model16 = fp16_mod.to_fp16(model, spec.name) if fp16 else None  # before save_graph may move the weights out
         written = save_graph(model, path, external_data_threshold)
         del model  # validation reads the files: free the protos before ONNX Runtime loads its own copy
         if fp16:
@@ -270,6 +275,10 @@ def _export_graphs(p: TorchPipeline, stage: Path, graphs, fp16: bool, validate: 
             entry["files"]["fp16"] = path16.name
             del model16
         files.update({f.name: file_entry(f) for f in written})
+        if spec.name in COUNTED_GRAPHS:  # the planner's bytes (tr0n_rt/memory.py), from each file as written
+            fixed = {"components": p.translator.config.num_components}
+            entry["activations"] = {prec: [[int(c) for c in row] for row in activation_rows(f, fixed)]
+                                    for prec, f in (("fp32", path), ("fp16", path16)) if prec == "fp32" or fp16}
         for f in [path] + ([path16] if fp16 else []):
             not_ready = file_problems(f)
             if not_ready:

@@ -60,6 +60,12 @@ class Energy(nn.Module):
 
     def terms(self, images: torch.Tensor, c: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mean score [B] over the A copies, and mean aesthetic score [B] (None without a head)."""
+        similarity, aesthetic = self.copy_terms(images, c, u)
+        return similarity.mean(dim=1), (aesthetic.mean(dim=1) if aesthetic is not None else None)
+
+    def copy_terms(self, images: torch.Tensor, c: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """images [B, C, H, W], c [B, d_c], u [B, A, AUG_DIM] -> each copy's score [B, A], and its aesthetic
+        score [B, A] (None without a head)."""
         b, a = images.shape[0], u.shape[1]
         if u.ndim != 3 or u.shape[0] != b or u.shape[2] != AUG_DIM:
             raise ShapeError(
@@ -69,7 +75,16 @@ class Energy(nn.Module):
         augmented = diff_augment(copies, u.reshape(b * a, AUG_DIM), self.augment)
         c_rep = c[:, None].expand(b, a, c.shape[1]).reshape(b * a, c.shape[1])
         if self.aesthetic is None:
-            return self.condition_model.score(augmented, c_rep).reshape(b, a).mean(dim=1), None
+            return self.condition_model.score(augmented, c_rep).reshape(b, a), None
         e = self.condition_model.encode_images(augmented)  # [B*A, d_c], unit norm
         similarity = (e * F.normalize(c_rep, dim=-1)).sum(-1)
-        return similarity.reshape(b, a).mean(dim=1), self.aesthetic(e).reshape(b, a).mean(dim=1)
+        return similarity.reshape(b, a), self.aesthetic(e).reshape(b, a)
+
+    def copy_sum(self, images: torch.Tensor, c: torch.Tensor, u: torch.Tensor,
+                 aesthetic_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """sum over the given copies of each copy's energy -(score + alpha aesthetic) -> [B]: a chunk's part
+        of A E (chunked step, export/step.py)."""
+        similarity, aesthetic = self.copy_terms(images, c, u)
+        if aesthetic is None or aesthetic_weight is None:
+            return -similarity.sum(dim=1)
+        return -(similarity + aesthetic_weight * aesthetic).sum(dim=1)

@@ -133,18 +133,42 @@ def update_manifest(bundle_dir: str | os.PathLike, stamps: dict) -> dict:
     return manifest
 
 
+def memory_profiles(manifest: dict, budget: float, batch_sizes, copies, precision: str) -> dict:
+    """What to build for a memory budget (tr0n_rt/memory.py): the plan of each requested batch at each A ->
+    {"plans": [...], "batch_sizes": the planned sub-batches, "copies": {graph: copies axis sizes},
+    "skip": graphs no plan runs (the step graph when every plan is chunked)}."""
+    from tr0n_rt.memory import MemoryModel, plan
+
+    model = MemoryModel(manifest, precision)
+    if not model.counted:
+        raise BundleError("this bundle's manifest has no activation counts: re-export it with this tr0n-rt to build "
+                          "for a memory budget, or build without --memory-budget")
+    a_values = _values("copies", copies if copies is not None else max(1, manifest["sampling"].get("copies", 1)))
+    plans = [(b, a, plan(model, budget, b, a)) for b in _values("batch sizes", batch_sizes) for a in a_values]
+    # as_dict's batch is the planned sub-batch; "rows" is the batch asked for
+    chunks = sorted({p.chunk for *_, p in plans if p.chunk is not None})
+    step_a = sorted({a for _, a, p in plans if p.chunk is None})
+    return {"plans": [{"rows": b, "copies": a, **p.as_dict(b)} for b, a, p in plans],
+            "batch_sizes": sorted({p.batch for *_, p in plans}),
+            "copies": {"step": step_a or a_values, "energy_grad": chunks or [1],
+                       "energy": sorted(set(chunks) | set(step_a))},
+            "skip": [] if step_a else ["step"]}
+
+
 def build_engines(bundle_dir, batch_sizes=DEFAULT_BATCH_SIZES, copies=None, components=None, precision: str = "fp16",
                   opt_level: int = 3, workspace_mib: int | None = None, timing_cache=None,
                   hardware_compatible: bool = False, version_compatible: bool = False, graphs=None,
-                  keep_going: bool = False, progress: bool = False) -> dict:
+                  keep_going: bool = False, progress: bool = False, memory_budget: float | None = None) -> dict:
     """Builds one engine per graph of the bundle (or of `graphs`) from its `precision` ONNX graphs.
 
     Plans are written atomically beside the graphs, then stamped into the manifest. Jetson: pass
     workspace_mib (e.g. 1024) or the builder may be killed for memory. timing_cache: a file that is
     read if it exists and updated after each build (reused across graphs and rebuilds). keep_going:
     record a graph whose build fails (e.g. an op TensorRT cannot take in the step's gradient) and go on;
-    the runtime then runs that graph another way (see choose_step_path). Returns {"engines": stamps,
-    "failed": {graph: message}, "seconds": {graph: s}}."""
+    the runtime then runs that graph another way (see choose_step_path). memory_budget (bytes): profiles
+    for the memory plans of the requested batch sizes and copies (memory_profiles): the planned sub-batches,
+    energy_grad for the planned chunks, no step engine when no plan runs it. Returns {"engines": stamps,
+    "failed": {graph: message}, "seconds": {graph: s}} (and "memory": memory_profiles' plans)."""
     settings = builder_settings(precision, opt_level, workspace_mib, timing_cache, hardware_compatible,
                                 version_compatible)
     trt = import_tensorrt()
@@ -158,12 +182,24 @@ def build_engines(bundle_dir, batch_sizes=DEFAULT_BATCH_SIZES, copies=None, comp
     for g in names:
         if not bundle.has(g):
             raise BundleError(f"bundle {folder} has no {g!r} graph (it has: {', '.join(bundle.manifest['graphs'])})")
+    planned = None
+    if memory_budget is not None:
+        planned = memory_profiles(bundle.manifest, memory_budget, batch_sizes, copies, precision)
+        names = [g for g in names if g not in planned["skip"]]
+        if progress:
+            for p in planned["plans"]:
+                chunks = "" if p["chunk"] is None else f", chunks of {p['chunk']}"
+                print(f"  plan: A = {p['copies']}: {p['path']}, sub-batch {p['batch']}{chunks}", flush=True)
     gpu_name, cc = current_gpu()
     stamps, failed, seconds = {}, {}, {}
     for graph in names:
         tick = time.perf_counter()
         source = bundle.graph_file(graph, precision)
-        profiles = plan_profiles(bundle.manifest, graph, batch_sizes, copies, components)
+        if planned is not None:
+            profiles = plan_profiles(bundle.manifest, graph, planned["batch_sizes"],
+                                     planned["copies"].get(graph, copies), components)
+        else:
+            profiles = plan_profiles(bundle.manifest, graph, batch_sizes, copies, components)
         plan = folder / f"{graph}.{precision}.plan"
         try:
             network = network_from_onnx_path(str(source), strongly_typed=True)
@@ -186,4 +222,5 @@ def build_engines(bundle_dir, batch_sizes=DEFAULT_BATCH_SIZES, copies=None, comp
             print(f"  {graph}: {plan.name}, {len(profiles)} profile(s), {stamp['bytes'] / 2**20:.1f} MiB, "
                   f"{seconds[graph]} s", flush=True)
     update_manifest(folder, stamps)
-    return {"engines": stamps, "failed": failed, "seconds": seconds}
+    out = {"engines": stamps, "failed": failed, "seconds": seconds}
+    return out if planned is None else {**out, "memory": planned["plans"]}

@@ -34,6 +34,10 @@ FP32_OPS = ["LayerNormalization", "BatchNormalization", "Softmax", "LogSoftmax",
             "ReduceMax", "ReduceL2", "Sqrt", "Pow", "Exp", "Log", "Erf", "Reciprocal", "Div"]
 # Inputs whose downstream arithmetic is the optimizer update (not the energy or its gradient).
 OPTIMIZER_INPUTS = ("velocity", "adam_m", "adam_v", "step", "sgld_noise") + HPARAM_NAMES
+# Per graph, inputs whose downstream arithmetic stays float32 besides the optimizer's: the chunked step's
+# running sums (energy_grad adds each chunk's FP16 part to them in float32). In the update graph grad_sum
+# seeds the generator's backward, which is FP16 compute, so it is not listed there.
+FLOAT32_INPUTS = {"energy_grad": ("grad_sum", "energy_sum")}
 NOISE_INPUTS = ("aug_noise",)
 
 
@@ -190,7 +194,8 @@ def square_decomposed_norms(model: onnx.ModelProto) -> int:
     return squared
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+def to_fp16(model: onnx.ModelProto, graph: str | None = None) -> onnx.ModelProto:
+    """graph: the graph's name (tr0n_rt/graphs.py), for its FLOAT32_INPUTS."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)  # leave the caller's model alone (in memory: no 2 GB limit)
     model = copy
@@ -202,9 +207,10 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     outputs_from_nodes(model)
     square_decomposed_norms(model)
     inputs = {i.name for i in model.graph.input}
-    data = inputs - set(OPTIMIZER_INPUTS) - set(NOISE_INPUTS)
+    data = inputs - set(OPTIMIZER_INPUTS) - set(FLOAT32_INPUTS.get(graph, ())) - set(NOISE_INPUTS)
     noise_only = set(reachable_nodes(model, inputs & set(NOISE_INPUTS))) - set(reachable_nodes(model, data))
-    blocked = set(reachable_nodes(model, inputs & set(OPTIMIZER_INPUTS))) | noise_only
+    float32_inputs = set(OPTIMIZER_INPUTS) | set(FLOAT32_INPUTS.get(graph, ()))
+    blocked = set(reachable_nodes(model, inputs & float32_inputs)) | noise_only
     blocked |= set(light_input_functions(model))
     blocked |= {n.name for n in model.graph.node if FLOAT32_TAG in n.name}  # decomposed normalisations
     infer_shapes(model)

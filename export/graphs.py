@@ -15,7 +15,7 @@ from tr0n_rt.settings import HPARAM_NAMES, SamplingConfig
 
 from .gradient import trace
 from .pipeline import TorchPipeline
-from .step import langevin_step
+from .step import copies_energy_grad, langevin_step, mix, update_from_image_grad
 
 
 def graph_specs(p: TorchPipeline) -> list[GraphSpec]:
@@ -63,8 +63,35 @@ def graph_function(p: TorchPipeline, name: str):
         new, e = langevin_step(energy, state, condition, aug_noise, sgld_noise, hparams, bound, aesthetic_weight)
         return tuple(new[n] for n in STATE_NAMES) + (e,)
 
+    def energy_grad(images, condition, aug_noise, copies, grad_sum, energy_sum):
+        return aesthetic_energy_grad(images, condition, aug_noise, copies, grad_sum, energy_sum, None)
+
+    # Images as inputs: the trace gives every input axis a symbol, and the image axes must stay numbers (the
+    # encoder's resize and DiffAugment's matrices are built from them), so they are reshaped to G's own.
+    image_shape = (p.generator.channels, p.generator.image_size, p.generator.image_size)
+
+    def aesthetic_energy_grad(images, condition, aug_noise, copies, grad_sum, energy_sum, aesthetic_weight):
+        images, grad_sum = images.reshape(-1, *image_shape), grad_sum.reshape(-1, *image_shape)
+        part, g = copies_energy_grad(energy, images, condition, aug_noise, copies, aesthetic_weight)
+        return grad_sum + g, energy_sum + part
+
+    def update(means, logits, velocity, adam_m, adam_v, step, grad_sum, sgld_noise,
+               latent_lr, momentum, noise_std, logits_lr, clip_norm, adam_eps):
+        return aesthetic_update(means, logits, velocity, adam_m, adam_v, step, grad_sum, sgld_noise,
+                                latent_lr, momentum, noise_std, logits_lr, clip_norm, adam_eps, None)
+
+    def aesthetic_update(means, logits, velocity, adam_m, adam_v, step, grad_sum, sgld_noise,
+                         latent_lr, momentum, noise_std, logits_lr, clip_norm, adam_eps, aesthetic_weight):
+        state = dict(zip(STATE_NAMES, (means, logits, velocity, adam_m, adam_v, step)))
+        hparams = dict(zip(HPARAM_NAMES, (latent_lr, momentum, noise_std, logits_lr, clip_norm, adam_eps)))
+        new, latent = update_from_image_grad(energy, state, grad_sum.reshape(-1, *image_shape), sgld_noise, hparams,
+                                             bound, aesthetic_weight)
+        return tuple(new[n] for n in STATE_NAMES) + (latent,)
+
     functions = {"text_encoder": text_encoder, "image_encoder": image_encoder, "translator": translator_of(p.translator),
-                 "generator": generator, "energy": energy_fn, "step": aesthetic_step if p.aesthetic is not None else step}
+                 "generator": generator, "energy": energy_fn, "step": aesthetic_step if p.aesthetic is not None else step,
+                 "energy_grad": aesthetic_energy_grad if p.aesthetic is not None else energy_grad,
+                 "update": aesthetic_update if p.aesthetic is not None else update}
     if p.image_translator is not None:
         functions["image_translator"] = translator_of(p.image_translator)
     return functions[name]
@@ -97,8 +124,26 @@ def example_inputs(p: TorchPipeline, name: str, batch: int = 2, copies: int = 3,
         return {"latent": p.generator.sample_latent(batch, generator=g)}
     if name == "energy":
         return {"latent": p.generator.sample_latent(batch, generator=g), "condition": cond, "aug_noise": aug}
+    alpha = {"aesthetic_weight": torch.rand(1, generator=g) + 0.5} if p.aesthetic is not None else {}
+    if name == "energy_grad":
+        with torch.no_grad():  # realistic images: G of realistic latents
+            images = p.generator(p.generator.sample_latent(batch, generator=g))
+        return {"images": images, "condition": cond, "aug_noise": aug,
+                "copies": torch.tensor([float(copies + 1 + seed % 7)]),  # A > this chunk's copies
+                # running sums far smaller than a chunk's part, so that the outputs' errors are the part's
+                "grad_sum": 1e-6 * torch.randn(images.shape, generator=g), "energy_sum": -1e-3 * torch.rand(batch, generator=g),
+                **alpha}
     k = max(k, 2)  # a traced size of 1 would be specialised (made static)
     means = p.generator.sample_latent(batch * k, generator=g).reshape(batch, k, d)  # realistic latents (w for StyleGAN2)
+    if name == "update":
+        # s dE/dx as energy_grad gives it at this state's images: white noise instead made the logits'
+        # gradient a sum of cancelling terms, ill-conditioned (3e-3 float32 error at real size, not 3e-6)
+        x = example_inputs(p, "step", batch, copies, seed)
+        alpha = x.get("aesthetic_weight")
+        images = p.generator(mix(x["means"], x["logits"])).detach()
+        _, grad = copies_energy_grad(p.energy(), images, x["condition"], x["aug_noise"],
+                                     torch.tensor([float(copies)]), alpha)
+        return {**{n: v for n, v in x.items() if n not in ("condition", "aug_noise")}, "grad_sum": grad.detach()}
     return {
         "means": means, "logits": torch.randn(batch, k, d, generator=g),
         "velocity": 0.1 * torch.randn(batch, k, d, generator=g),
@@ -107,7 +152,7 @@ def example_inputs(p: TorchPipeline, name: str, batch: int = 2, copies: int = 3,
         "step": torch.tensor([float(seed % 50)]),  # distinct per validation case (a random draw could repeat)
         "condition": cond, "aug_noise": aug, "sgld_noise": torch.randn(batch, k, d, generator=g),
         **{n: torch.from_numpy(v) for n, v in SamplingConfig().hparams().items()},  # the paper preset's
-        **({"aesthetic_weight": torch.rand(1, generator=g) + 0.5} if p.aesthetic is not None else {}),
+        **alpha,
     }
 
 

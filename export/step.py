@@ -12,6 +12,13 @@ Update, per sample b (the reference runs batch 1, so its whole-tensor clipping i
     g_mu, g_pi = dE/dmu, dE/dpi, each clipped to norm <= clip_norm
     v  = momentum v + g_mu;  mu = mu - lr v + noise_std eps;  mu = clamp(mu, -bound, bound)
     pi = Adam(pi, g_pi, logits_lr, eps)               (torch.optim.Adam's arithmetic, betas 0.9/0.999)
+
+The same step in pieces, so that its memory does not grow with A (the chunked step; tr0n_rt/memory.py
+plans it): x = G(z') once; the A copies in chunks of m, each adding its share of E and of s dE/dx
+(copies_energy_grad, accumulated in a fixed order); then update_from_image_grad runs G's forward again
+and its backward once from the summed dE/dx, and applies the same update. The recomputed forward costs
+one more generator forward per step; in exchange G's activations and one chunk's encoder activations
+are never alive together with the other chunks'.
 """
 from __future__ import annotations
 
@@ -75,9 +82,15 @@ def langevin_step(
 
     alpha is not among the optimizer's hyperparameters: the FP16 converter keeps everything reachable from
     those in float32 (the optimizer), and alpha scales the whole backward of the aesthetic term."""
-    latent_lr, momentum, noise_std, logits_lr, clip_norm, eps = (hparams[n] for n in HPARAM_NAMES)
     e, g_mu, g_pi = energy_and_grads(energy, state["means"], state["logits"], condition, aug_noise,
                                      aesthetic_weight)
+    return apply_update(state, g_mu, g_pi, sgld_noise, hparams, bound), e
+
+
+def apply_update(state: dict[str, torch.Tensor], g_mu: torch.Tensor, g_pi: torch.Tensor, sgld_noise: torch.Tensor,
+                 hparams: dict[str, torch.Tensor], bound: float | None = None) -> dict[str, torch.Tensor]:
+    """The state after one step from the gradients dE/dmeans, dE/dlogits [B, K, D] (module docstring)."""
+    latent_lr, momentum, noise_std, logits_lr, clip_norm, eps = (hparams[n] for n in HPARAM_NAMES)
     g_mu = clip_per_sample(g_mu, clip_norm)
     g_pi = clip_per_sample(g_pi, clip_norm)
 
@@ -94,9 +107,38 @@ def langevin_step(
     # were 0, and then 0 / 0 = NaN wherever a logit gradient is exactly 0 (sample mode, K = 1)
     denom = (adam_v.sqrt() / torch.sqrt(1 - b2**t)) + eps
     logits = state["logits"] - (logits_lr / (1 - b1**t)) * adam_m / denom
+    return {"means": means, "logits": logits, "velocity": velocity, "adam_m": adam_m, "adam_v": adam_v, "step": t}
 
-    new = {"means": means, "logits": logits, "velocity": velocity, "adam_m": adam_m, "adam_v": adam_v, "step": t}
-    return new, e
+
+def copies_energy_grad(energy: Energy, images: torch.Tensor, condition: torch.Tensor, aug_noise: torch.Tensor,
+                       copies: torch.Tensor, aesthetic_weight: torch.Tensor | None = None):
+    """One chunk of the chunked step. images [B, C, H, W] = G(z'), aug_noise [B, m, 8] (this chunk's copies),
+    copies [1] = A, the step's copies in all chunks ->
+        part [B]          = 1/A sum over the chunk's copies of e_a (e_a = -(score + alpha aesthetic))
+        g    [B, C, H, W] = s d(part)/d(images), s = grad_scale (the same loss scale as the step's)
+    Summed over the chunks, part is E and g is s dE/dx. The 1/A is applied before the backward, as the
+    unchunked step's mean is, so FP16 sees the same magnitudes."""
+    with torch.enable_grad():
+        images = images.detach().requires_grad_(True)
+        part = energy.copy_sum(images, condition, aug_noise, aesthetic_weight) / copies
+        (g,) = torch.autograd.grad(part.sum() * grad_scale(energy, aesthetic_weight), (images,))
+    return part.detach(), g
+
+
+def update_from_image_grad(energy: Energy, state: dict[str, torch.Tensor], grad_sum: torch.Tensor,
+                           sgld_noise: torch.Tensor, hparams: dict[str, torch.Tensor], bound: float | None = None,
+                           aesthetic_weight: torch.Tensor | None = None):
+    """The chunked step's last part. grad_sum [B, C, H, W] = s dE/dx at x = G(mix(means, logits)) ->
+    (the new state, z'_next [B, D] = mix of the new state: the next step's generator input).
+    G's forward is recomputed here, then backpropagated once: dE/dmeans = J^T dE/dx (the VJP)."""
+    scale = grad_scale(energy, aesthetic_weight)
+    with torch.enable_grad():
+        means = state["means"].detach().requires_grad_(True)
+        logits = state["logits"].detach().requires_grad_(True)
+        images = energy.generator(mix(means, logits))
+        g_mu, g_pi = torch.autograd.grad(images, (means, logits), grad_outputs=grad_sum)
+    new = apply_update(state, g_mu / scale, g_pi / scale, sgld_noise, hparams, bound)
+    return new, mix(new["means"], new["logits"])
 
 
 def initial_state(means: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -21,7 +21,8 @@ from tr0n_rt.export.validate import ValidationError, run_onnx, validate_fp32
 
 def test_every_graph_is_exported_validated_and_listed(text_bundle):
     m = json.loads((text_bundle / "manifest.json").read_text())
-    assert set(m["graphs"]) == {"text_encoder", "image_encoder", "translator", "generator", "energy", "step"}
+    assert set(m["graphs"]) == {"text_encoder", "image_encoder", "translator", "generator", "energy", "step",
+                                "energy_grad", "update"}
     for name, report in m["export"]["graphs"].items():
         assert report["fp32"]["max_rel_err"] <= 1e-4, (name, report)
         assert set(m["graphs"][name]["files"]) == {"fp32", "fp16"}
@@ -442,8 +443,8 @@ def test_topological_sort_ignores_omitted_optional_values():
 
 @pytest.mark.slow
 def test_a_partial_re_export_refuses_to_keep_graphs_of_changed_weights(text_bundle, tmp_path):
-    """Retrained generator weights, then `--graphs generator` alone: energy and step (which contain the
-    generator) would keep the old weights, so the export names them; with them it succeeds."""
+    """Retrained generator weights, then `--graphs generator` alone: energy, step and update (which contain
+    the generator) would keep the old weights, so the export names them; with them it succeeds."""
     from safetensors.numpy import load_file, save_file
 
     folder = tmp_path / "bundle"
@@ -451,9 +452,10 @@ def test_a_partial_re_export_refuses_to_keep_graphs_of_changed_weights(text_bund
     assert json.loads((folder / "manifest.json").read_text())["export"]["parts"]["generator"]
     weights = load_file(str(folder / "generator.safetensors"))
     save_file({k: np.asarray(v * 1.01, dtype=v.dtype) for k, v in weights.items()}, str(folder / "generator.safetensors"))
-    with pytest.raises(ConfigError, match=r"energy was exported from other generator.*--graphs energy generator step"):
+    with pytest.raises(ConfigError, match=r"energy was exported from other generator.*update was exported from "
+                                          r"other generator.*--graphs energy generator step update"):
         export_bundle(folder, graphs=["generator"], fp16=False, validate=False)
-    export_bundle(folder, graphs=["generator", "energy", "step"], fp16=False, validate=False)
+    export_bundle(folder, graphs=["generator", "energy", "step", "update"], fp16=False, validate=False)
     export_bundle(folder, graphs=["translator"], fp16=False, validate=False)  # nothing else changed since
     load_bundle(folder)
 

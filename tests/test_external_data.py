@@ -21,7 +21,7 @@ from tr0n_rt.errors import BundleError  # noqa: E402
 from tr0n_rt.sampler import Sampler  # noqa: E402
 from tr0n_rt.settings import SamplingConfig  # noqa: E402
 
-GRAPHS = ("text_encoder", "image_encoder", "translator", "generator", "energy", "step")
+GRAPHS = ("text_encoder", "image_encoder", "translator", "generator", "energy", "step", "energy_grad", "update")
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,10 @@ CASES = {
                                 ["--precision", "fp16", "--mode", "sample", "--steps", "6", "--seed", "11"]),
     "digits-fp32": ("digits", ["3", "digit 7"], ["--samples", "2", "--seed", "3"]),
     "digits-fp16-no-copies": ("digits", ["0", "9"], ["--precision", "fp16", "--copies", "0", "--steps", "4"]),
+    # the chunked step (docs/bundle-format.md, "The chunked step"): 8 copies in chunks of 3, 3 and 2
+    "shapes-fp32-chunked": ("shapes", ["a red star", "a blue circle"],
+                            ["--copies", "8", "--steps", "5", "--chunk", "3", "--seed", "2"]),
+    "digits-fp16-chunked": ("digits", ["4", "8"], ["--precision", "fp16", "--steps", "4", "--chunk", "5"]),
 }
 
 

@@ -8,7 +8,8 @@ its peak memory are its own:
     first image the first encode + sample at this batch (lazy initialisation included)
 then `warmup` untimed and `repeats` timed encode + sample calls: medians and [min, max]. Stages per
 call: encode (text encoder, around Sampler.encode_text), translate, Langevin (per step: the total / T),
-final energy, decode, as the sampler records them. Peak memory: the process's peak RSS (getrusage), and
+final energy, decode, as the sampler records them. Peak memory: the process's peak RSS (getrusage), beside
+the memory plan the sampler ran (tr0n_rt/memory.py: step graph or chunks, sub-batch, predicted peak), and
 on CUDA torch's max_memory_allocated (torch backend) and the process's GPU memory as nvidia-smi reports
 it at the end (onnxruntime and TensorRT allocate outside torch).
 
@@ -36,6 +37,7 @@ from .cli_args import (
     MAX_STEPS,
     MAX_THREADS,
     MAX_TIMEOUT_S,
+    memory_budget,
     pipeline_folder,
     seconds,
     whole_number,
@@ -73,8 +75,8 @@ def measure(job: dict, t0: float) -> dict:
     be = open_backend(job["backend"], folder, device=job["device"], precision=job["precision"],
                       threads=job.get("threads"))
     cfg = be.info.sampling.with_overrides(steps=job["steps"], copies=job["copies"])
-    sampler = Sampler(be, cfg)
-    preload(be)
+    sampler = Sampler(be, cfg, memory_budget=job.get("memory_budget", "auto"), chunk=job.get("chunk"))
+    preload(be, sampler.plan(job["batch"], cfg.copies).chunk is not None)
     load_s = time.perf_counter() - tick
 
     queries = bench_queries(be.info, folder, job["batch"])
@@ -86,8 +88,10 @@ def measure(job: dict, t0: float) -> dict:
         encode = time.perf_counter() - tick
         out = sampler.sample(c, seeds)
         be.synchronize()
+        plans.append(out.plan)
         return {"total": time.perf_counter() - tick, "encode": encode, **out.seconds}
 
+    plans = []
     first = run()
     for _ in range(job["warmup"]):
         run()
@@ -100,7 +104,7 @@ def measure(job: dict, t0: float) -> dict:
            "batch_ms": median * 1e3, "batch_ms_min": min(totals) * 1e3, "batch_ms_max": max(totals) * 1e3,
            "ms_per_image": median * 1e3 / job["batch"], "images_per_s": job["batch"] / median,
            "stages_ms": stages, "step_ms": stages["langevin"] / cfg.steps if cfg.steps else None,
-           "peak_rss_mib": peak_rss_mib(), "torch_imported": "torch" in sys.modules,
+           "peak_rss_mib": peak_rss_mib(), "plan": plans[-1], "torch_imported": "torch" in sys.modules,
            "repeats": job["repeats"], "warmup": job["warmup"]}
     row.update(gpu_memory(job["device"]))
     row.update(thread_info())
@@ -124,11 +128,13 @@ def import_engine(backend: str, threads: int | None) -> None:
         import tensorrt  # noqa: F401
 
 
-def preload(be) -> None:
-    """Prepares every graph the sampler will run now (onnxruntime creates sessions on first use)."""
-    from .graphs import sampling_graphs
+def preload(be, chunked: bool = False) -> None:
+    """Prepares every graph the sampler will run now (onnxruntime creates sessions on first use); chunked:
+    the chunked step's graphs instead of the step graph."""
+    from .graphs import CHUNKED_STEP, sampling_graphs
 
-    for graph in sampling_graphs(be.info.condition):
+    graphs = sampling_graphs(be.info.condition)
+    for graph in ([g for g in graphs if g != "step"] + list(CHUNKED_STEP) if chunked else graphs):
         be.load(graph)
 
 
@@ -292,8 +298,8 @@ def label(row: dict) -> str:
 
 def table(result: dict) -> str:
     lines = [("| backend | batch | ms / batch [min-max] | images/s | step ms | encode | translate | langevin | "
-              "final E | decode | import s | load s | first image s | peak RSS MiB |"),
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "final E | decode | import s | load s | first image s | peak RSS MiB | plan |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         if "error" in r:
             lines.append(f"| {label(r)} | {r['batch']} | error: {r['error']} |||||||||||")
@@ -302,8 +308,21 @@ def table(result: dict) -> str:
         step = "-" if r["step_ms"] is None else f"{r['step_ms']:.2f}"
         lines.append(f"| {label(r)} | {r['batch']} | {r['batch_ms']:.1f} [{r['batch_ms_min']:.1f}-{r['batch_ms_max']:.1f}]"
                      f" | {r['images_per_s']:.2f} | {step} | " + " | ".join(f"{s[k]:.1f}" for k in STAGES) +
-                     f" | {r['import_s']:.2f} | {r['load_s']:.2f} | {r['first_image_s']:.2f} | {r['peak_rss_mib']:.0f} |")
+                     f" | {r['import_s']:.2f} | {r['load_s']:.2f} | {r['first_image_s']:.2f} | {r['peak_rss_mib']:.0f}"
+                     f" | {plan_text(r.get('plan'))} |")
     return "\n".join(lines)
+
+
+def plan_text(plan: dict | None) -> str:
+    """A row's memory plan in a few words: "step", "chunks of 8, sub-batch 4, predicted 2.1 GiB"."""
+    if not plan:
+        return "-"
+    words = ["step" if plan["chunk"] is None else f"chunks of {plan['chunk']}"]
+    if plan.get("sub_batches", 1) > 1:
+        words.append(f"sub-batch {plan['batch']}")
+    if plan.get("predicted_peak_gib") is not None:
+        words.append(f"predicted {plan['predicted_peak_gib']:.2f} GiB")
+    return ", ".join(words)
 
 
 def chart(result: dict):
@@ -347,7 +366,8 @@ def cmd_bench(args) -> int:
         for batch in args.batch:
             job = {"folder": str(folder), "backend": backend, "precision": precision, "device": args.device,
                    "batch": batch, "steps": args.steps, "copies": args.copies, "warmup": args.warmup,
-                   "repeats": args.repeats, "threads": args.threads}
+                   "repeats": args.repeats, "threads": args.threads, "memory_budget": args.memory_budget,
+                   "chunk": args.chunk}
             if cache is not None:  # an empty onnxruntime cache per configuration: the true first run
                 env["TR0N_RT_CACHE"] = tempfile.mkdtemp(dir=cache.name)
             row = run_config(job, args.timeout, env)
@@ -405,6 +425,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--threads", type=whole_number(1, MAX_THREADS), default=None,
                    help="threads of each process: OMP_NUM_THREADS, torch's and onnxruntime's intra-op threads")
     g.add_argument("--cold", action="store_true", help="empty onnxruntime graph cache for every configuration")
+    g.add_argument("--memory-budget", type=memory_budget, default="auto", metavar="SIZE",
+                   help="memory the Langevin loop may use, e.g. 8G; auto: 80%% of the free memory; none: no plan "
+                        "(default: auto). The table reports the plan and the peak")
+    g.add_argument("--chunk", type=whole_number(1, MAX_COPIES), default=None, metavar="M",
+                   help="run the step in chunks of M copies (default: as the memory plan says)")
     g.add_argument("--timeout", type=seconds(MAX_TIMEOUT_S), default=600.0,
                    help="seconds per configuration, > 0 (default: 600)")
     g = p.add_argument_group("output")

@@ -23,6 +23,7 @@ from .cli_args import (
     add_pipeline_args,
     add_sampling_args,
     check_seed_range,
+    memory_size,
     open_sampler,
     pipeline_folder,
     whole_number,
@@ -86,11 +87,12 @@ def cmd_sample(args) -> int:
     cond = conditioning(args, sampler)
     inter = cond.interpolation
     judge = open_judge(folder) if not args.no_judge else None
-    records, images, captions = [], [], []
+    records, images, captions, plans = [], [], [], []
     for part, out in sample_rows(sampler, cond.labels, cond.conditions, args.samples, args.seed, args.batch,
                                  cond.translator):
         verdicts = judge_images(judge, out.images, [None if cond.judged is None else cond.judged[i] for *_, i in part])
         per_image = {k: round(v / len(part), 4) for k, v in out.seconds.items()}
+        plans.append(out.plan)
         for r, (label, j, seed, i) in enumerate(part):
             rec = {cond.key: label if inter is None else inter.endpoints, "sample": j, "seed": seed,
                    "energy": float(out.energies[r]), "settings": out.config.to_dict(),
@@ -114,7 +116,8 @@ def cmd_sample(args) -> int:
         rec["file"] = str(out_dir / f"{n:03d}.png")
     summary = {"pipeline": str(folder), "backend": sampler.backend.name, "precision": args.precision,
                "fp16_fallback_steps": sampler.backend.fp16_fallbacks, "conditioning": cond.key,
-               "translator": cond.translator, sheet_name.removesuffix(".png"): str(out_dir / sheet_name),
+               "translator": cond.translator, "memory_plan": plans[0] if plans else None,
+               sheet_name.removesuffix(".png"): str(out_dir / sheet_name),
                "images": records}
     if inter is not None:
         summary["interpolation"] = {"endpoints": inter.endpoints, "t": inter.t,
@@ -152,12 +155,29 @@ def cmd_eval(args) -> int:
     summary = {"pipeline": str(folder), "prompts_file": str(prompts_file), "queries": len(queries),
                "samples_per_query": args.samples, "images": len(results), "accuracy": accuracy,
                "seconds_per_image": seconds / max(len(results), 1), "settings": sampler.config.to_dict(),
-               "results": results}
+               "diversity": diversity(sampler, judge, results), "results": results}
     if args.json:
         write_json(args.json, summary)
     print(f"judge accuracy {accuracy:.3f} over {len(results)} images ({len(queries)} queries x {args.samples}); "
           f"{summary['seconds_per_image']:.3f} s/image")
+    div = summary["diversity"]
+    if div["defined"]:
+        print(f"open-attribute diversity {div['mean']:.3f} (1.0: as diverse as the generator) over "
+              f"{div['open_pairs']} (prompt, open attribute) pairs: "
+              + ", ".join(f"{h} {v:.3f}" for h, v in div["per_head"].items()))
     return 0
+
+
+def diversity(sampler, judge, results: list[dict]) -> dict:
+    """eval's diversity of what the prompts leave open (tr0n_rt/diversity.py); a class judge's queries
+    leave nothing open."""
+    from .diversity import open_attribute_diversity, prior_verdicts
+
+    if getattr(judge, "rule", {}).get("kind") != "words":
+        return {"defined": False, "why": "every query names the judge's only head (a class): nothing is left open"}
+    prior = prior_verdicts(sampler.backend, judge)
+    return open_attribute_diversity([r["query"] for r in results], [r["judge"] for r in results], prior,
+                                    list(judge.heads))
 
 
 def read_prompts(path: Path, limit: int = 0) -> list[str]:
@@ -229,7 +249,7 @@ def cmd_build(args) -> int:
                         precision=args.precision, opt_level=args.opt_level, workspace_mib=args.workspace_mib,
                         timing_cache=args.timing_cache, hardware_compatible=args.hardware_compatible,
                         version_compatible=args.version_compatible, graphs=args.graphs, keep_going=args.keep_going,
-                        progress=True)
+                        progress=True, memory_budget=args.memory_budget)
     for graph, message in out.get("failed", {}).items():
         print(f"{graph}: not built: {message}", file=sys.stderr)
     print(f"engines for {bundle}: {', '.join(out.get('engines', {})) or 'none'} ({out.get('seconds', 0):.0f} s)")
@@ -301,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version-compatible", action="store_true", help="engines that run on newer TensorRT 10.x")
     p.add_argument("--graphs", nargs="+", default=None, help="build only these graphs")
     p.add_argument("--keep-going", action="store_true", help="record a failed graph and build the others")
+    p.add_argument("--memory-budget", type=memory_size, default=None, metavar="SIZE",
+                   help="device memory for sampling, e.g. 8G: engines for the memory plan of each --batch "
+                        "(sub-batches, chunks of copies; tr0n_rt/memory.py) instead of the batch sizes as given")
     p.set_defaults(func=cmd_build)
 
     add_bench_parser(sub)

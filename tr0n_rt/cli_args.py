@@ -92,6 +92,30 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu; the tensorrt backend needs cuda)")
     g.add_argument("--threads", type=whole_number(1, MAX_THREADS), default=None,
                    help="onnxruntime's CPU threads (default: one per core; fewer when the cores are shared)")
+    g.add_argument("--memory-budget", type=memory_budget, default="auto", metavar="SIZE",
+                   help="memory the Langevin loop may use, e.g. 8G: the batch is split and the copies chunked to "
+                        "fit (tr0n_rt/memory.py); auto: 80%% of the device's free memory; none: no plan "
+                        "(default: auto)")
+    g.add_argument("--chunk", type=whole_number(1, MAX_COPIES), default=None, metavar="M",
+                   help="run the step in chunks of M copies (default: as the memory plan says)")
+
+
+def memory_size(text: str) -> int:
+    """A size: 8G, 512M, 1.5GiB (memory.parse_bytes) -> bytes."""
+    from .memory import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def memory_budget(text: str):
+    """--memory-budget: "auto", "none" or a size."""
+    word = text.strip().lower()
+    if word in ("auto", "none"):
+        return None if word == "none" else "auto"
+    return memory_size(text)
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -159,6 +183,10 @@ def open_sampler(args, folder: Path | None = None):
 
     folder = pipeline_folder(args) if folder is None else folder
     backend = open_backend(args.backend, folder, device=args.device, precision=args.precision, threads=args.threads)
-    return folder, Sampler(backend, sampling_config(args, backend.info.sampling))
+    sampler = Sampler(backend, sampling_config(args, backend.info.sampling),
+                      memory_budget=getattr(args, "memory_budget", "auto"), chunk=getattr(args, "chunk", None))
+    if isinstance(getattr(args, "batch", None), int):  # a budget nothing fits: refused before any sampling
+        sampler.plan(args.batch, sampler.config.copies)
+    return folder, sampler
 
 

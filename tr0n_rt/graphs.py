@@ -143,8 +143,47 @@ def step_graph(aesthetic: bool) -> GraphSpec:
         _ENERGY_PARTS)
 
 
-GRAPHS = ("text_encoder", "image_encoder", "translator", "image_translator", "generator", "energy", "step")
+_IMAGE = (BATCH, CHANNELS, SIZE, SIZE)
+_GRAD_SUM = ("s dE/dx summed over the chunks so far, s = 1024 / (1 + alpha |w|) (1024 without an aesthetic "
+             "head; the step's loss scale); zeros before the first chunk")
+
+
+def energy_grad_graph(aesthetic: bool) -> GraphSpec:
+    return GraphSpec(
+        "energy_grad", "chunked step, per chunk of copies: the chunk's share of E and of s dE/dx, added to the "
+                       "running sums",
+        (TensorSpec("images", _IMAGE, "x = G(z') of the state's mixed latent (the generator graph's output)"),
+         _CONDITION_IN,
+         TensorSpec("aug_noise", (BATCH, COPIES, AUG_DIM), "DiffAugment numbers u ~ U[0, 1) of this chunk's copies"),
+         TensorSpec("copies", (1,), "A, the step's copies in all chunks (each copy adds 1/A of its energy)"),
+         TensorSpec("grad_sum", _IMAGE, _GRAD_SUM),
+         TensorSpec("energy_sum", (BATCH,), "E summed over the chunks so far; zeros before the first chunk"))
+        + ((_AESTHETIC_WEIGHT,) if aesthetic else ()),
+        (TensorSpec("grad_sum_next", _IMAGE, "grad_sum plus this chunk's part"),
+         TensorSpec("energy_sum_next", (BATCH,), "energy_sum plus this chunk's part; after the last chunk, E "
+                                                  "of the step's input state")),
+        ("condition_model", "aesthetic", "augment"))
+
+
+def update_graph(aesthetic: bool) -> GraphSpec:
+    return GraphSpec(
+        "update", "chunked step, last: G's backward from the summed s dE/dx (its forward recomputed), then the "
+                  "SGLD / Adam update of the state",
+        _state() + (TensorSpec("grad_sum", _IMAGE, "s dE/dx after the last chunk (energy_grad's grad_sum_next)"),
+                    TensorSpec("sgld_noise", MIXTURE, "standard normal noise added to the means"))
+        + tuple(TensorSpec(n, (1,), _HPARAM_MEANING[n]) for n in HPARAM_NAMES)
+        + ((_AESTHETIC_WEIGHT,) if aesthetic else ()),
+        _state("_next") + (TensorSpec("latent_next", (BATCH, LATENT), "z' = sum_k softmax(logits_next) means_next: "
+                                                                     "the next step's generator input"),),
+        ("generator", "aesthetic"))
+
+
+GRAPHS = ("text_encoder", "image_encoder", "translator", "image_translator", "generator", "energy", "step",
+          "energy_grad", "update")
 REQUIRED = ("translator", "generator", "energy", "step")  # every pipeline; text pipelines add text_encoder
+# The chunked step (generator, then energy_grad per chunk of copies, then update): optional, a bundle
+# exported before it has only the step graph, whose memory grows with A (tr0n_rt/memory.py).
+CHUNKED_STEP = ("generator", "energy_grad", "update")
 
 
 def pipeline_graphs(condition: str, image_input: bool = False, image_translator: bool = False,
@@ -155,7 +194,8 @@ def pipeline_graphs(condition: str, image_input: bool = False, image_translator:
     specs = [TEXT_ENCODER] if condition == "text" else []
     specs += [IMAGE_ENCODER] if image_input else []
     specs += [TRANSLATOR] + ([IMAGE_TRANSLATOR] if image_translator else [])
-    return specs + [GENERATOR, energy_graph(aesthetic), step_graph(aesthetic)]
+    return specs + [GENERATOR, energy_graph(aesthetic), step_graph(aesthetic), update_graph(aesthetic),
+                    energy_grad_graph(aesthetic)]  # update first: energy_grad's FP16 check runs update (export/validate.py)
 
 
 def graph_parts() -> dict[str, tuple[str, ...]]:

@@ -26,9 +26,11 @@ import numpy as np
 
 from .backends.base import Backend
 from .errors import ConfigError, PromptError, ShapeError
-from .graphs import AUG_DIM, IDENTITY_AUG, STATE_NAMES
+from .graphs import AUG_DIM, IDENTITY_AUG
 from . import noise
+from .memory import Plan, default_budget, parse_bytes, plan
 from .settings import SamplingConfig
+from .stepping import StepRunner, chunked_energy
 
 OUTPUTS = ("numpy", "device")
 # Bounds on what the Python API accepts, checked before any work:
@@ -47,6 +49,7 @@ class SampleBatch:
     config: SamplingConfig
     seconds: dict[str, float] = field(default_factory=dict)  # per stage, for the whole batch
     aesthetic: np.ndarray | None = None  # [B] aesthetic score of the final latent (pipelines with a head, T > 0)
+    plan: dict | None = None  # how the memory plan ran the batch (memory.Plan.as_dict: path, sub-batch, chunk)
 
 
 def check_output(output: str) -> None:
@@ -101,12 +104,31 @@ def check_conditions(conditions, cond_dim: int) -> np.ndarray:
 class Sampler:
     """Loads nothing itself: give it an open backend. `sample_*` methods return a SampleBatch."""
 
-    def __init__(self, backend: Backend, config: SamplingConfig | None = None):
+    def __init__(self, backend: Backend, config: SamplingConfig | None = None, memory_budget="auto",
+                 chunk: int | None = None):
+        """memory_budget: bytes (or "8G") the Langevin loop may use, "auto" (memory.default_budget: 80% of
+        what the device has free) or None (no plan: every batch in one step graph); chunk: copies per
+        energy_grad run, forcing the chunked step (memory.plan)."""
         check_config(config)
         self.backend = backend
         self.info = backend.info
         self.config = config or backend.info.sampling
         self._tokenizer = None
+        if memory_budget not in ("auto", None):
+            memory_budget = parse_bytes(memory_budget)
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1):
+            raise ConfigError(f"chunk must be a whole number of copies >= 1, got {str(chunk)[:100]}")
+        self.memory_budget, self.chunk = memory_budget, chunk
+        self.memory_model = backend.memory_model()
+        if chunk is not None and self.memory_model is not None:  # a bundle without the chunked graphs: now
+            plan(self.memory_model, None, 1, 1, chunk)
+
+    def plan(self, batch: int, copies: int) -> Plan:
+        """How `batch` rows at A = copies run within the memory budget (memory.plan)."""
+        budget = default_budget(self.backend) if self.memory_budget == "auto" else self.memory_budget
+        if self.memory_model is None:  # a backend without counts (the torch backend on a pipeline folder)
+            return Plan(batch, self.chunk, 0.0, budget, False)
+        return plan(self.memory_model, budget, batch, copies, self.chunk)
 
     @classmethod
     def open(cls, pipeline, backend: str = "auto", device: str = "cpu", precision: str = "fp32",
@@ -277,6 +299,32 @@ class Sampler:
                               f"{type(seeds).__name__}")
         if len(seeds) != conditions.shape[0]:
             raise ShapeError(f"{len(seeds)} seeds for {conditions.shape[0]} conditions: give one seed per row")
+        noise.check_seeds(seeds)
+        p = self.plan(conditions.shape[0], cfg.copies)
+        parts = [self._sample_part(conditions[i:i + p.batch], seeds[i:i + p.batch], cfg, translator, output, p.chunk)
+                 for i in range(0, conditions.shape[0], p.batch)]
+        if len(parts) == 1:
+            parts[0].plan = p.as_dict(conditions.shape[0])
+            return parts[0]
+        return self._joined(parts, cfg, output, p, conditions.shape[0])
+
+    def _joined(self, parts: list[SampleBatch], cfg: SamplingConfig, output: str, p: Plan, rows: int) -> SampleBatch:
+        """Sub-batches -> one SampleBatch (device images are joined on the host and moved back)."""
+        be = self.backend
+        images = np.concatenate([be.to_host(x.images) if output == "device" else x.images for x in parts])
+        if output == "device":
+            images = be.to_device(images)
+            be.synchronize()
+        seconds = {k: sum(x.seconds.get(k, 0.0) for x in parts) for k in parts[0].seconds}
+        aesthetic = None if parts[0].aesthetic is None else np.concatenate([x.aesthetic for x in parts])
+        return SampleBatch(images, np.concatenate([x.latents for x in parts]),
+                           np.concatenate([x.energies for x in parts]),
+                           np.concatenate([x.energy_trace for x in parts], axis=1), [s for x in parts for s in x.seeds],
+                           cfg, seconds, aesthetic, p.as_dict(rows))
+
+    def _sample_part(self, conditions: np.ndarray, seeds, cfg: SamplingConfig, translator: str, output: str,
+                     chunk: int | None) -> SampleBatch:
+        """One sub-batch of sample(), checked already; chunk: see StepRunner."""
         keys = noise.check_seeds(seeds)
         be, b, d = self.backend, conditions.shape[0], self.info.latent_dim
         seconds: dict[str, float] = {}
@@ -305,11 +353,11 @@ class Sampler:
             if self.info.aesthetic:
                 fixed["aesthetic_weight"] = be.to_device(np.array([cfg.aesthetic_weight], np.float32))
             energies = []
+            step = StepRunner(be, chunk, fixed)
             for t in range(cfg.steps):
                 aug, sgld = self._step_noise(keys, t, cfg.copies, means.shape[1])
-                out = be.run("step", {**state, **fixed, "aug_noise": aug, "sgld_noise": sgld})
-                state = {n: out[f"{n}_next"] for n in STATE_NAMES}
-                energies.append(out["energy"])
+                state, e = step(state, aug, sgld)
+                energies.append(e)
             trace = np.stack([be.to_host(e) for e in energies]).astype(np.float32)
             means, logits = be.to_host(state["means"]), be.to_host(state["logits"])
             latents = noise.mix(logits, means)
@@ -322,7 +370,8 @@ class Sampler:
         if cfg.steps:
             tick = time.perf_counter()
             aug = self._step_noise(keys, cfg.steps, cfg.copies, 0)[0]
-            e = be.run("energy", {"latent": latents, "condition": conditions, "aug_noise": aug})
+            e = (be.run("energy", {"latent": latents, "condition": conditions, "aug_noise": aug}) if chunk is None
+                 else chunked_energy(be, latents, conditions, aug, chunk))
             final = be.to_host(e["energy"]).astype(np.float32)
             if "aesthetic" in e:
                 aesthetic = be.to_host(e["aesthetic"]).astype(np.float32)

@@ -495,6 +495,7 @@ std::vector<float> mix(const float* logits, const float* means, size_t b, size_t
 struct Settings {
   std::string mode, init;
   int64_t steps = 0, copies = 0;
+  int64_t chunk = 0;  // > 0: the chunked step (spec section 3) in chunks of this many copies
   std::map<std::string, double> h;  // latent_lr, momentum, noise_std, logits_lr, clip_norm, adam_eps, aesthetic_weight
 };
 
@@ -597,22 +598,71 @@ Result sample(const json& m, Graphs& graphs, const Tensor& c, const std::vector<
       fixed[h] = floats({1}, static_cast<float>(cfg.h.at(h)));
     if (truthy(m.value("aesthetic", json())))
       fixed["aesthetic_weight"] = floats({1}, static_cast<float>(cfg.h.at("aesthetic_weight")));
+    // copies first .. first + n - 1 of aug [b, A, 8], as [b, n, 8]
+    auto copies_of = [&](const Tensor& aug, int64_t first, int64_t n) {
+      const int64_t a = aug.shape.at(1);
+      Tensor part = floats({b, n, 8});
+      for (int64_t i = 0; i < b; ++i)
+        std::copy_n(aug.f.begin() + (i * a + first) * 8, n * 8, part.f.begin() + i * n * 8);
+      return part;
+    };
+    Tensor z = floats({b, d});  // the chunked step's generator input: the mixture of the state
+    if (cfg.chunk > 0)
+      z.f = mix(state.at("logits").f.data(), state.at("means").f.data(), static_cast<size_t>(b),
+                static_cast<size_t>(k), static_cast<size_t>(d));
     for (int64_t t = 0; t < steps; ++t) {
-      std::map<std::string, Tensor> feeds = state;
-      feeds.insert(fixed.begin(), fixed.end());
-      feeds["aug_noise"] = aug_noise(t);
       Tensor sgld;
       sgld.shape = {b, k, d};
       sgld.f = normals(seeds, SGLD, static_cast<uint32_t>(t), static_cast<size_t>(k * d));
+      if (cfg.chunk > 0) {  // generator, energy_grad per chunk of copies, update (spec section 3)
+        Tensor aug = aug_noise(t), images = graphs.run("generator", {{"latent", z}}).at("images");
+        const int64_t a = aug.shape.at(1);
+        Tensor grad_sum = floats(images.shape), energy_sum = floats({b});
+        for (int64_t first = 0; first < a; first += cfg.chunk) {
+          std::map<std::string, Tensor> feeds = {{"images", images},
+                                                 {"condition", c},
+                                                 {"aug_noise", copies_of(aug, first, std::min(cfg.chunk, a - first))},
+                                                 {"copies", floats({1}, static_cast<float>(a))},
+                                                 {"grad_sum", grad_sum},
+                                                 {"energy_sum", energy_sum}};
+          if (fixed.count("aesthetic_weight")) feeds["aesthetic_weight"] = fixed.at("aesthetic_weight");
+          auto out = graphs.run("energy_grad", feeds);
+          grad_sum = out.at("grad_sum_next"), energy_sum = out.at("energy_sum_next");
+        }
+        std::map<std::string, Tensor> feeds = state;
+        for (const auto& kv : fixed)
+          if (kv.first != "condition") feeds.insert(kv);
+        feeds["grad_sum"] = grad_sum;
+        feeds["sgld_noise"] = std::move(sgld);
+        auto out = graphs.run("update", feeds);
+        for (auto& kv : state) kv.second = out.at(kv.first + "_next");
+        z = out.at("latent_next");
+        continue;
+      }
+      std::map<std::string, Tensor> feeds = state;
+      feeds.insert(fixed.begin(), fixed.end());
+      feeds["aug_noise"] = aug_noise(t);
       feeds["sgld_noise"] = std::move(sgld);
       auto out = graphs.run("step", feeds);
       for (auto& kv : state) kv.second = out.at(kv.first + "_next");
     }
     latent.f = mix(state.at("logits").f.data(), state.at("means").f.data(), static_cast<size_t>(b),
                    static_cast<size_t>(k), static_cast<size_t>(d));
-    res.energy = graphs.run("energy", {{"latent", latent}, {"condition", c}, {"aug_noise", aug_noise(steps)}})
-                     .at("energy")
-                     .f;
+    Tensor aug = aug_noise(steps);
+    if (cfg.chunk > 0) {  // the final energy over chunks: sum of float64(E_j) * (m_j / A), in chunk order
+      const int64_t a = aug.shape.at(1);
+      std::vector<double> total(static_cast<size_t>(b), 0.0);
+      for (int64_t first = 0; first < a; first += cfg.chunk) {
+        const int64_t n = std::min(cfg.chunk, a - first);
+        Tensor e = graphs.run("energy", {{"latent", latent}, {"condition", c}, {"aug_noise", copies_of(aug, first, n)}})
+                       .at("energy");
+        for (int64_t i = 0; i < b; ++i)
+          total[i] = total[i] + static_cast<double>(e.f[i]) * (static_cast<double>(n) / static_cast<double>(a));
+      }
+      res.energy.assign(total.begin(), total.end());  // float64 -> float32, rounded to nearest
+    } else {
+      res.energy = graphs.run("energy", {{"latent", latent}, {"condition", c}, {"aug_noise", aug}}).at("energy").f;
+    }
   }
   res.images = graphs.run("generator", {{"latent", latent}}).at("images");
   return res;
@@ -687,7 +737,7 @@ const char* kUsage =
     "usage: tr0n_client BUNDLE QUERY [QUERY ...] --out OUT [--samples N] [--seed S] [--batch B]\n"
     "                   [--precision fp32|fp16] [--steps T] [--copies A] [--mode mixture|sample]\n"
     "                   [--init translator|prior] [--latent-lr X] [--momentum X] [--noise-std X]\n"
-    "                   [--logits-lr X] [--aesthetic-weight X]\n"
+    "                   [--logits-lr X] [--aesthetic-weight X] [--chunk M]\n"
     "       tr0n_client --sha256 FILE [FILE ...]\n"
     "       tr0n_client --noise normal|uniform|words SEED STREAM STEP N\n"
     "       tr0n_client --philox C0 C1 C2 C3 K0 K1\n"
@@ -803,7 +853,7 @@ int run(int argc, char** argv) {
   std::map<std::string, std::string> opt;
   const std::vector<std::string> known = {"--samples", "--seed", "--batch", "--precision", "--steps", "--copies",
                                           "--mode", "--init", "--out", "--latent-lr", "--momentum", "--noise-std",
-                                          "--logits-lr", "--aesthetic-weight"};
+                                          "--logits-lr", "--aesthetic-weight", "--chunk"};
   for (size_t k = 0; k < args.size(); ++k) {
     const std::string& a = args[k];
     if (a.size() > 2 && a.compare(0, 2, "--") == 0) {
@@ -866,6 +916,10 @@ int run(int argc, char** argv) {
     std::string flag = "--" + std::string(h);
     std::replace(flag.begin(), flag.end(), '_', '-');
     cfg.h[h] = opt.count(flag) ? parse_double(opt[flag], flag) : s.value(h, 0.0);
+  }
+  if (opt.count("--chunk")) {
+    cfg.chunk = static_cast<int64_t>(parse_u64(opt["--chunk"], "--chunk"));
+    if (cfg.chunk < 1) throw Usage("--chunk must be >= 1");
   }
   if (cfg.mode != "mixture" && cfg.mode != "sample") throw Usage("--mode must be mixture or sample, got " + cfg.mode);
   if (cfg.init != "translator" && cfg.init != "prior") throw Usage("init must be translator or prior, got " + cfg.init);

@@ -56,6 +56,21 @@ class Backend(ABC):
         """Prepares a graph now (a session, an engine) so that its first run does not pay for it.
         Idempotent; engines that need no preparation do nothing."""
 
+    def chunked_step(self, state: dict, latent, fixed: dict, aug, sgld, chunk: int):
+        """One chunked step (tr0n_rt/stepping.py) -> (the next state, E [B], z'_next [B, D]): its graphs one
+        run at a time. A backend that captures the sequence as one CUDA graph overrides this."""
+        from ..stepping import chunked_step
+
+        return chunked_step(self, state, latent, fixed, aug, sgld, chunk)
+
+    def memory_model(self):
+        """The bundle's counted memory (memory.MemoryModel) for this backend's precision; None without one."""
+        return None
+
+    def memory_free(self) -> int | None:
+        """Bytes the backend's device has free now (the host's MemAvailable for CPU backends); None if unknown."""
+        return None
+
     @property
     def fp16_fallbacks(self) -> int | None:
         """Steps an FP16 guard reran on the float32 graph; None for a backend without such a guard."""

@@ -96,6 +96,12 @@ class HostArrays:
     def empty(self, shape, dtype):
         return np.zeros(shape, dtype)
 
+    def free_bytes(self) -> int | None:
+        """Free device memory (bytes); the host's MemAvailable for this pretend device."""
+        from ..memory import available_host_bytes
+
+        return available_host_bytes()
+
     def ptr(self, x) -> int:
         return x.__array_interface__["data"][0]
 
@@ -164,6 +170,10 @@ class TorchCuda:
 
     def empty(self, shape, dtype):
         return self.torch.zeros(tuple(shape), dtype=self.dtypes[np.dtype(dtype)], device=self.device)
+
+    def free_bytes(self) -> int | None:
+        """Free device memory now (cudaMemGetInfo), bytes."""
+        return int(self.torch.cuda.mem_get_info(self.device)[0])
 
     def ptr(self, x) -> int:
         return x.data_ptr()
@@ -262,6 +272,11 @@ class CudaRuntime:
             name = self.rt.cudaGetErrorString(err)[1]
             raise BackendError(f"CUDA runtime error {int(err)} ({name.decode() if isinstance(name, bytes) else name})")
         return values[0] if len(values) == 1 else tuple(values) or None
+
+    def free_bytes(self) -> int | None:
+        """Free device memory now (cudaMemGetInfo), bytes."""
+        free, _ = self._call(self.rt.cudaMemGetInfo())
+        return int(free)
 
     def empty(self, shape, dtype):
         shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)

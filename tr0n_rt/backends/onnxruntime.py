@@ -13,8 +13,8 @@ CUDA / TensorRT: IO binding. Inputs that are already OrtValues on the device are
 outputs are bound to the device and returned as OrtValues, so the Langevin state never leaves the
 GPU between steps. Only `to_host` copies back (and the FP16 guard, which reads the step's outputs).
 
-FP16 guard (as the TensorRT backend's): an FP16 step whose outputs hold a NaN or inf is run again on
-the bundle's float32 step graph, and `fp16_fallbacks` counts how often (the sample JSON reports it).
+FP16 guard (as the TensorRT backend's): an FP16 step (or chunked-step graph: energy_grad, update) whose
+outputs hold a NaN or inf is run again on the bundle's float32 graph, and `fp16_fallbacks` counts how often (the sample JSON reports it).
 """
 from __future__ import annotations
 
@@ -35,6 +35,15 @@ CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "Tensorrt
 SHORT_NAMES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT}
 AUTO = (TENSORRT, CUDA, CPU)  # providers=None: the fastest that this onnxruntime build has
 GPU_PROVIDERS = (TENSORRT, CUDA)
+# What a CPU session allocates per activation byte counted from the float32 graph file (memory.py): its
+# optimised graph's layouts (NCHWc reorders), kernel scratch and the arena. Measured on ViT-B-32 +
+# StyleGAN2-256 and BigGAN-512, batch 1 and 4, A = 8 to 50, step and chunked: 1.43-1.8. FP16 graphs on the
+# CPU run mostly in float32 (inserted casts): their peaks were 1.2-1.5x the float32 counts, so they are
+# planned from those (benchmarks/RESULTS.md, "Memory").
+CPU_ACTIVATION_FACTOR = 1.8
+# ...and what a run adds whatever its size: BigGAN-512 at batch 1 took 0.6 GiB more than 1.8x its counts.
+CPU_FIXED_OVERHEAD = 2**30
+GUARDED = ("step", "energy_grad", "update")  # FP16 graphs whose non-finite outputs are recomputed in float32
 
 
 def import_onnxruntime():
@@ -95,6 +104,7 @@ class OrtBackend(Backend):
         if threads is not None and threads < 1:
             raise ConfigError(f"threads must be >= 1, got {threads}")
         self.threads, self.spinning = threads, spinning
+        self.shared_arena = SESSION_SETTINGS["cpu_arena"]["shared"]
         self.fp16_guard = fp16_guard and precision == "fp16"
         self._fallbacks, self._fp32 = 0, None  # FP16 guard: steps recomputed, the float32 companion backend
         self.ort = import_onnxruntime()
@@ -223,6 +233,10 @@ class OrtBackend(Backend):
             so.intra_op_num_threads = self.threads
         if not self.spinning:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if not self.on_gpu and self.shared_arena:
+            share_cpu_arena(ort)
+            so.add_session_config_entry("session.use_env_allocators", "1")
+            so.enable_mem_pattern = SESSION_SETTINGS["cpu_arena"]["memory_pattern"]
         if save_to is not None:
             so.optimized_model_filepath = str(save_to)
             so.add_session_config_entry("session.save_model_format", "ONNX")
@@ -256,14 +270,30 @@ class OrtBackend(Backend):
     def run(self, graph: str, inputs: dict) -> dict:
         """Runs one graph. CPU: numpy in, numpy out. GPU: numpy or device OrtValues in, OrtValues out."""
         out = self._run(graph, inputs)
-        if graph == "step" and self.fp16_guard and not all(np.isfinite(self.to_host(v)).all() for v in out.values()):
+        if graph in GUARDED and self.fp16_guard and not all(np.isfinite(self.to_host(v)).all() for v in out.values()):
             self._fallbacks += 1
             if self._fp32 is None:
                 # the manifest opened, not the folder's current one (a re-export may have replaced it)
                 self._fp32 = OrtBackend(self.bundle, self.providers, "fp32", self.cache_dir, self.device_id,
                                         threads=self.threads, spinning=self.spinning, fp16_guard=False)
-            out = self._fp32.run("step", inputs)
+            out = self._fp32.run(graph, inputs)
         return out
+
+    def memory_model(self):
+        """The bundle's counted bytes; on the CPU each counted activation byte is planned as
+        CPU_ACTIVATION_FACTOR bytes."""
+        from ..memory import MemoryModel
+
+        if self.on_gpu:
+            return MemoryModel(self.bundle.manifest, self.precision)
+        return MemoryModel(self.bundle.manifest, self.precision, activation_factor=CPU_ACTIVATION_FACTOR,
+                           counted_as="fp32", fixed_overhead=CPU_FIXED_OVERHEAD)
+
+    def memory_free(self) -> int | None:
+        """The host's MemAvailable on the CPU; None on a GPU (onnxruntime does not tell a device's free memory)."""
+        from ..memory import available_host_bytes
+
+        return None if self.on_gpu else available_host_bytes()
 
     @property
     def fp16_fallbacks(self) -> int | None:
@@ -342,6 +372,18 @@ ORT_DTYPES = {"float": "float32", "double": "float64"}
 # client in another language can make the same sessions and reproduce tr0n-rt's numbers.
 SESSION_SETTINGS = {
     "graph_optimization_level": "ORT_ENABLE_ALL",
+    "cpu_arena": {
+        "shared": True,
+        "arena_extend_strategy": "kSameAsRequested",
+        "memory_pattern": False,
+        "why": "one CPU arena for every session of the process (onnxruntime.create_and_register_allocator, "
+               "session.use_env_allocators = 1): the graphs of a step run one after another, so they reuse one "
+               "another's memory instead of each session's own arena keeping its largest run. Without the "
+               "memory pattern (enable_mem_pattern = False) a run allocates tensor by tensor from the freed "
+               "chunks; with it, the second run's one planned block did not fit them and the arena grew: "
+               "ViT-B-32 + StyleGAN2-256, batch 1, A = 8: the step added 1.11 GiB instead of 1.92 "
+               "(benchmarks/RESULTS.md, 'Memory'). No effect on results",
+    },
     "fp16_graphs_on_cpu": {
         "graph_optimization_level": "ORT_ENABLE_EXTENDED",
         "why": "onnxruntime 1.32 crashes (segmentation fault) creating a CPU session of the FP16 ViT-B-32 text "
@@ -349,6 +391,18 @@ SESSION_SETTINGS = {
                "are for GPUs; on the CPU they run to be checked",
     },
 }
+
+
+def share_cpu_arena(ort) -> None:
+    """Registers, once per process, the CPU arena that every CPU session then uses (SESSION_SETTINGS)."""
+    global _ARENA_SHARED
+    if not _ARENA_SHARED:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
+        _ARENA_SHARED = True
+
+
+_ARENA_SHARED = False
 
 
 def optimization_level(ort, precision: str, on_gpu: bool):

@@ -62,9 +62,11 @@ class GraphStats:
     capture_errors: dict = field(default_factory=dict)  # shape -> why it runs eagerly
 
     def as_dict(self) -> dict:
+        """Keys (batch, copies, components), or with a fourth number the chunk of a chunked step."""
         keys = sorted(set(self.captures) | set(self.replays))
-        return {"graphs": [{"batch": b, "copies": a, "components": k, "captures": self.captures.get((b, a, k), 0),
-                            "replays": self.replays.get((b, a, k), 0)} for b, a, k in keys],
+        return {"graphs": [{"batch": key[0], "copies": key[1], "components": key[2],
+                            **({"chunk": key[3]} if len(key) > 3 else {}), "captures": self.captures.get(key, 0),
+                            "replays": self.replays.get(key, 0)} for key in keys],
                 "state_copies": self.copies_in, "eager_steps": self.eager,
                 "capture_errors": {str(k): v for k, v in self.capture_errors.items()}}
 

@@ -58,6 +58,7 @@ def tensorrt_available() -> bool:
 
 
 # --- which engine runs the step ---------------------------------------------------------------------------
+CHUNKED_ONLY = ("energy_grad", "update")  # the chunked step's own graphs: used when built, never required
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def choose_step_path(bundle: Bundle, trt_available: bool, engines: dict | None, 
         s = (engines or {}).get(graph, {}).get(precision)
         return s if s and "failed" not in s else None
 
-    forward = [g for g in bundle.manifest["graphs"] if g != "step"]
+    forward = [g for g in bundle.manifest["graphs"] if g not in ("step",) + CHUNKED_ONLY]  # chunked: optional
     missing = [g for g in forward if stamp(g) is None]
     if not trt_available:
         if has_torch:
@@ -371,6 +372,18 @@ class TrtBackend(Backend):
             self.device.upload(bindings[n], v)
 
     # --- what the sampler and benchmarks read ---------------------------------------------------------
+    def memory_model(self):
+        """The bundle's counted bytes for this precision. The engines' activations live in one shared block
+        (self.scratch, sized at open), so what a plan adds at run time is the inputs and outputs."""
+        from ..memory import MemoryModel
+
+        runnable = set(self.engines) | ({"step"} if self.torch_step is not None else set())
+        return MemoryModel(self.bundle.manifest, self.precision, graphs=runnable)
+
+    def memory_free(self) -> int | None:
+        free = getattr(self.device, "free_bytes", None)
+        return free() if free is not None else None
+
     @property
     def fp16_fallbacks(self) -> int | None:
         """Steps whose FP16 result had a NaN/inf and were recomputed in float32 (since open); None without

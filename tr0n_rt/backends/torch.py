@@ -10,6 +10,8 @@ state in place. A call copies its noise, condition and hyperparameters into the 
 state too unless it passes back the state the previous replay returned (the static tensors themselves);
 then replays. The returned state tensors are those static inputs: they are overwritten by the next
 step of the same shape (the sampler only ever passes the latest state on). Energy is returned as a copy.
+The chunked step (tr0n_rt/stepping.py: generator, energy_grad per chunk, update) is captured the same way,
+per (batch, copies, components, chunk), as one fixed sequence of launches; its latent is static too.
 """
 from __future__ import annotations
 
@@ -106,9 +108,32 @@ class TorchBackend(Backend):
         with self.torch.no_grad():
             return dict(zip(spec.outputs, self.functions[graph](*(t[n] for n in spec.inputs))))
 
+    def chunked_step(self, state: dict, latent, fixed: dict, aug, sgld, chunk: int):
+        """The chunked step (tr0n_rt/stepping.py); on CUDA captured as one CUDA graph per shape and chunk."""
+        if self.step_graphs is None:
+            return super().chunked_step(state, latent, fixed, aug, sgld, chunk)
+        t = {k: self.to_device(v) for k, v in {**state, **fixed, "latent": latent, "aug_noise": aug,
+                                               "sgld_noise": sgld}.items()}
+        return self.step_graphs.run_chunked(t, chunk)
+
     def eager_step(self, t: dict) -> dict:
         spec = self.specs["step"]
         return dict(zip(spec.outputs, self.functions["step"](*(t[n] for n in spec.inputs))))
+
+    def memory_model(self):
+        """The counts of a bundle exported into the pipeline's own folder (fp32), if there is one."""
+        from ..bundle import read_manifest
+        from ..memory import MemoryModel
+
+        folder = self.pipeline.folder
+        return MemoryModel(read_manifest(folder), "fp32") if (folder / "manifest.json").is_file() else None
+
+    def memory_free(self) -> int | None:
+        if self.device.type == "cuda":
+            return int(self.torch.cuda.mem_get_info(self.device)[0])
+        from ..memory import available_host_bytes
+
+        return available_host_bytes()
 
     @property
     def graph_stats(self) -> dict:
@@ -141,15 +166,70 @@ class TorchStepGraphs:
                 static[n].copy_(out[f"{n}_next"])
             energy.copy_(out["energy"])
 
-        try:
-            graph = self.device.capture(step, warmup=2)  # warm-up and capture advance `static`: run() copies again
-        except Exception as e:  # an op that cannot be captured: this shape runs eagerly
-            self.stats.capture_errors[key] = f"{type(e).__name__}: {e}"
-            graph = None
-        else:
-            self.stats.captures[key] = 1
-        self.entries[key] = (graph, static, energy)
+        self.entries[key] = (self._captured(key, step), static, energy)
         return self.entries[key]
+
+    def _captured(self, key, step):
+        """One CUDA graph of step() after a warm-up (both advance the static tensors: callers copy their
+        inputs in again), or None where it cannot be captured: that shape then runs eagerly."""
+        try:
+            graph = self.device.capture(step, warmup=2)
+        except Exception as e:  # an op that cannot be captured
+            self.stats.capture_errors[key] = f"{type(e).__name__}: {e}"
+            return None
+        self.stats.captures[key] = 1
+        return graph
+
+    def _replay(self, key, graph, static: dict, t: dict, names) -> None:
+        """Copies the inputs `names` of t into the static tensors, unless they are those tensors (the state the
+        previous replay returned), and replays."""
+        copied = False
+        for n in names:
+            x = t[n]
+            if x.data_ptr() != static[n].data_ptr() or x.shape != static[n].shape:
+                static[n].copy_(x)
+                copied |= n in STATE_NAMES
+        self.stats.copies_in += copied
+        graph.replay()
+        self.stats.replays[key] = self.stats.replays.get(key, 0) + 1
+
+    def run_chunked(self, t: dict, chunk: int) -> tuple:
+        """The chunked step, captured per (batch, copies, components, chunk): generator, energy_grad per chunk
+        and update, one fixed sequence of launches. t: the state, `latent`, the fixed inputs, `aug_noise` and
+        `sgld_noise` as tensors on the device -> (state, E, latent), state and latent the static tensors
+        (advanced in place by each replay, as the step's)."""
+        from ..stepping import chunked_step
+
+        torch, be = self.backend.torch, self.backend
+        b, a, _ = t["aug_noise"].shape
+        key = (int(b), int(a), int(t["means"].shape[1]), int(chunk))
+        if key not in self.entries:
+            static = {n: x.clone() for n, x in t.items()}
+            info = be.info
+            start = {"grad_sum": torch.zeros(b, info.channels, info.image_size, info.image_size, device=be.device),
+                     "energy_sum": torch.zeros(b, device=be.device),
+                     "copies": torch.full((1,), float(a), device=be.device)}  # made before capture: no copies inside
+            energy = torch.zeros(b, device=be.device)
+            fixed = [n for n in t if n not in STATE_NAMES and n not in ("latent", "aug_noise", "sgld_noise")]
+
+            def step():
+                new, e, z = chunked_step(be, {n: static[n] for n in STATE_NAMES}, static["latent"],
+                                         {n: static[n] for n in fixed}, static["aug_noise"], static["sgld_noise"],
+                                         chunk, start)
+                for n in STATE_NAMES:
+                    static[n].copy_(new[n])
+                static["latent"].copy_(z)
+                energy.copy_(e)
+
+            self.entries[key] = (self._captured(key, step), static, energy)
+        graph, static, energy = self.entries[key]
+        if graph is None:
+            self.stats.eager += 1
+            fixed = {n: t[n] for n in t if n not in STATE_NAMES and n not in ("latent", "aug_noise", "sgld_noise")}
+            return chunked_step(be, {n: t[n] for n in STATE_NAMES}, t["latent"], fixed, t["aug_noise"],
+                                t["sgld_noise"], chunk)
+        self._replay(key, graph, static, t, list(t))
+        return {n: static[n] for n in STATE_NAMES}, energy.clone(), static["latent"]
 
     def run(self, t: dict) -> dict:
         """t: every step input as a tensor on the backend's device -> outputs; state outputs are the static
@@ -161,13 +241,5 @@ class TorchStepGraphs:
         if graph is None:
             self.stats.eager += 1
             return self.backend.eager_step(t)
-        copied = False
-        for n in self.backend.step_inputs:
-            x = t[n]
-            if x.data_ptr() != static[n].data_ptr() or x.shape != static[n].shape:
-                static[n].copy_(x)
-                copied |= n in STATE_NAMES
-        self.stats.copies_in += copied
-        graph.replay()
-        self.stats.replays[key] = self.stats.replays.get(key, 0) + 1
+        self._replay(key, graph, static, t, self.backend.step_inputs)
         return {**{f"{n}_next": static[n] for n in STATE_NAMES}, "energy": energy.clone()}
