@@ -333,16 +333,23 @@ def test_ctrl_c_while_results_are_renamed_into_place_is_held_until_they_are_comp
                                                                                        monkeypatch, capsys):
     out = tmp_path / "o"
     real_replace, calls = os.replace, []
+    # Python's own Ctrl-C handler, whatever an earlier test or library installed (restored afterwards)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def replace_then_ctrl_c(src, dst, **k):
-        calls.append(dst)
-        if len(calls) == 1:
-            signal.raise_signal(signal.SIGINT)
+        if Path(dst).parent == out:  # a result renamed into place (not a cache file written on the way)
+            calls.append(dst)
+            if len(calls) == 1:
+                signal.raise_signal(signal.SIGINT)
         return real_replace(src, dst, **k)
 
     monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
-    assert run_cli(["sample", "a red circle", "--pipeline", tiny_text_pipeline, *FAST, "--samples", "2", "--no-judge",
-                    "--out", out]) == 130
+    try:
+        code = run_cli(["sample", "a red circle", "--pipeline", tiny_text_pipeline, *FAST, "--samples", "2",
+                        "--no-judge", "--out", out])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130
     err = capsys.readouterr().err
     assert err == f"tr0n-rt: interrupted; the results were written completely before the interrupt: {out / 'samples.json'}\n"
     data = json.loads((out / "samples.json").read_text())
@@ -473,3 +480,29 @@ def test_a_failing_rename_or_removal_at_any_step_keeps_the_json_consistent(tmp_p
         c_files = write("C", out, json_path, 1, "grid.png")
         assert staging_entries(out) == []
         assert {p.name for p in out.iterdir()} == set(c_files) | {"samples.json"}
+
+
+def test_a_ctrl_c_landing_as_the_hold_starts_leaves_python_s_handler_in_place(monkeypatch):
+    """sigint_held installs its handler inside its try: a Ctrl-C arriving right after the install (here: raised
+    by the install itself, once it is done) still restores the handler that was there, so later Ctrl-Cs of
+    the process are not swallowed by a stale one."""
+    from tr0n_rt.outputs import sigint_held
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    real_signal, calls = signal.signal, []
+
+    def install_then_interrupt(signum, handler):
+        old = real_signal(signum, handler)
+        calls.append(handler)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return old
+
+    monkeypatch.setattr(signal, "signal", install_then_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with sigint_held("note"):
+                pass
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        real_signal(signal.SIGINT, previous)

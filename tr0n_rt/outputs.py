@@ -128,19 +128,26 @@ def commit(out: Path, json_path: Path, staged_json: Path, stage: Path, files: di
 @contextmanager
 def sigint_held(note: str):
     """Holds Ctrl-C (SIGINT) until the block ends, then raises Interrupted(note); only in the main thread."""
-    got, old = [], None
-    if threading.current_thread() is threading.main_thread():
-        try:
-            old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
-        except (ValueError, OSError):  # no signal handling here (an embedded interpreter)
-            old = None
+    got = []
+    # The handler in place, read without changing anything: None when it was not installed from Python
+    old = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
     if old is None:
         yield
         return
+    # Installed inside the try: a Ctrl-C that lands right after the install still restores `old`
+    # (installed before the try, such a Ctrl-C left this block's handler in place for good, and every
+    # later Ctrl-C of the process was swallowed by it)
     try:
+        try:
+            signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+        except (ValueError, OSError):  # no signal handling here (an embedded interpreter)
+            pass
         yield
     finally:
-        signal.signal(signal.SIGINT, old)
+        try:
+            signal.signal(signal.SIGINT, old)
+        except (ValueError, OSError):
+            pass
     if got:
         if old is signal.default_int_handler:
             raise Interrupted(note)
