@@ -37,7 +37,7 @@ from .cli_args import (
     MAX_STEPS,
     MAX_THREADS,
     MAX_TIMEOUT_S,
-    memory_budget,
+    add_memory_args,
     pipeline_folder,
     seconds,
     whole_number,
@@ -425,11 +425,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--threads", type=whole_number(1, MAX_THREADS), default=None,
                    help="threads of each process: OMP_NUM_THREADS, torch's and onnxruntime's intra-op threads")
     g.add_argument("--cold", action="store_true", help="empty onnxruntime graph cache for every configuration")
-    g.add_argument("--memory-budget", type=memory_budget, default="auto", metavar="SIZE",
-                   help="memory the Langevin loop may use, e.g. 8G; auto: 80%% of the free memory; none: no plan "
-                        "(default: auto). The table reports the plan and the peak")
-    g.add_argument("--chunk", type=whole_number(1, MAX_COPIES), default=None, metavar="M",
-                   help="run the step in chunks of M copies (default: as the memory plan says)")
+    add_memory_args(g)  # the table reports the plan beside the peak
     g.add_argument("--timeout", type=seconds(MAX_TIMEOUT_S), default=600.0,
                    help="seconds per configuration, > 0 (default: 600)")
     g = p.add_argument_group("output")

@@ -92,6 +92,11 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu; the tensorrt backend needs cuda)")
     g.add_argument("--threads", type=whole_number(1, MAX_THREADS), default=None,
                    help="onnxruntime's CPU threads (default: one per core; fewer when the cores are shared)")
+    add_memory_args(g)
+
+
+def add_memory_args(g) -> None:
+    """--memory-budget and --chunk (sample, eval, bench)."""
     g.add_argument("--memory-budget", type=memory_budget, default="auto", metavar="SIZE",
                    help="memory the Langevin loop may use, e.g. 8G: the batch is split and the copies chunked to "
                         "fit (tr0n_rt/memory.py); auto: 80%% of the device's free memory; none: no plan "
