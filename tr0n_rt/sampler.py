@@ -299,9 +299,9 @@ class Sampler:
                               f"{type(seeds).__name__}")
         if len(seeds) != conditions.shape[0]:
             raise ShapeError(f"{len(seeds)} seeds for {conditions.shape[0]} conditions: give one seed per row")
-        noise.check_seeds(seeds)
+        keys = noise.check_seeds(seeds)
         p = self.plan(conditions.shape[0], cfg.copies)
-        parts = [self._sample_part(conditions[i:i + p.batch], seeds[i:i + p.batch], cfg, translator, output, p.chunk)
+        parts = [self._sample_part(conditions[i:i + p.batch], keys[i:i + p.batch], cfg, translator, output, p.chunk)
                  for i in range(0, conditions.shape[0], p.batch)]
         if len(parts) == 1:
             parts[0].plan = p.as_dict(conditions.shape[0])
@@ -322,10 +322,10 @@ class Sampler:
                            np.concatenate([x.energy_trace for x in parts], axis=1), [s for x in parts for s in x.seeds],
                            cfg, seconds, aesthetic, p.as_dict(rows))
 
-    def _sample_part(self, conditions: np.ndarray, seeds, cfg: SamplingConfig, translator: str, output: str,
-                     chunk: int | None) -> SampleBatch:
-        """One sub-batch of sample(), checked already; chunk: see StepRunner."""
-        keys = noise.check_seeds(seeds)
+    def _sample_part(self, conditions: np.ndarray, keys: np.ndarray, cfg: SamplingConfig, translator: str,
+                     output: str, chunk: int | None) -> SampleBatch:
+        """One sub-batch of sample(), checked already (keys: its seeds as noise.check_seeds gives them);
+        chunk: see StepRunner."""
         be, b, d = self.backend, conditions.shape[0], self.info.latent_dim
         seconds: dict[str, float] = {}
 
@@ -384,7 +384,7 @@ class Sampler:
         else:
             be.synchronize()
         seconds["decode"] = time.perf_counter() - tick
-        return SampleBatch(images, latents, final, trace, [int(s) for s in seeds], cfg, seconds, aesthetic)
+        return SampleBatch(images, latents, final, trace, [int(s) for s in keys], cfg, seconds, aesthetic)
 
     def _initial_mixture(self, cfg, keys, logits, means, std):
         """Translator outputs -> the state's means and per-dimension logits, [B, K', D] each.

@@ -40,6 +40,12 @@ class StepRunner:
         return state, energy
 
 
+def copies_of(aug, first: int, chunk: int):
+    """Copies first .. first + chunk - 1 of aug [B, A, 8], contiguous (numpy, or a backend's tensor)."""
+    part = aug[:, first:first + chunk]
+    return np.ascontiguousarray(part) if isinstance(part, np.ndarray) else part.contiguous()
+
+
 def chunked_step(be, state: dict, latent, fixed: dict, aug, sgld, chunk: int, start: dict | None = None):
     """The chunked step (module docstring) on backend `be` -> (the next state, E [B], z'_next [B, D]).
     aug: numpy or the backend's tensors; start: the zero sums and the copies count [1] as the backend's
@@ -54,8 +60,7 @@ def chunked_step(be, state: dict, latent, fixed: dict, aug, sgld, chunk: int, st
     alpha = {"aesthetic_weight": fixed["aesthetic_weight"]} if "aesthetic_weight" in fixed else {}
     sums = {"grad_sum": start["grad_sum"], "energy_sum": start["energy_sum"]}
     for first in range(0, a, chunk):
-        part = aug[:, first:first + chunk]
-        part = np.ascontiguousarray(part) if isinstance(part, np.ndarray) else part.contiguous()
+        part = copies_of(aug, first, chunk)
         out = be.run("energy_grad", {"images": images, "condition": fixed["condition"], "aug_noise": part,
                                      "copies": start["copies"], **sums, **alpha})
         sums = {"grad_sum": out["grad_sum_next"], "energy_sum": out["energy_sum_next"]}
@@ -70,7 +75,7 @@ def chunked_energy(backend, latents: np.ndarray, conditions: np.ndarray, aug: np
     a = aug.shape[1]
     total: dict[str, np.ndarray] = {}
     for start in range(0, a, chunk):
-        part = np.ascontiguousarray(aug[:, start:start + chunk])
+        part = copies_of(aug, start, chunk)
         out = backend.run("energy", {"latent": latents, "condition": conditions, "aug_noise": part})
         for name, value in out.items():
             total[name] = total.get(name, 0.0) + backend.to_host(value).astype(np.float64) * (part.shape[1] / a)
