@@ -10,12 +10,18 @@ from pathlib import Path
 
 
 def quality_table(results: list[dict]) -> str:
-    lines = ["| world | backend | method | T | judge accuracy | ms / sample |", "|---|---|---|---|---|---|"]
+    """quality.py's JSON (world -> prompt sets -> rows) as one table: accuracy with its 95% Wilson interval,
+    open-attribute diversity where the world's judge names attributes."""
+    lines = [("| world | prompt set | T | method | schemes | judge accuracy (95% CI) | open-attribute diversity "
+              "| ms / sample |"), "|---|---|---:|---|---|---|---:|---:|"]
     for r in results:
-        backend = r["backend"] + ("" if r["backend"] == "torch" else f" {r['precision']}")
-        for row in r["rows"]:
-            lines.append(f"| {r['world']} | {backend} | {row['method']} | {row['steps']} | {row['accuracy']:.1%} "
-                         f"| {row['seconds_per_sample'] * 1e3:.1f} |")
+        for name, entry in r["sets"].items():
+            for row in entry["rows"]:
+                lo, hi = row["ci95"]
+                div = "-" if row.get("diversity") is None else f"{row['diversity']:.3f}"
+                lines.append(f"| {r['world']} | {name} | {row['steps']} | {row['method']} | {', '.join(row['schemes'])} "
+                             f"| {row['accuracy']:.1%} ({lo:.1%} - {hi:.1%}) | {div} "
+                             f"| {row['seconds_per_sample'] * 1e3:.1f} |")
     return "\n".join(lines)
 
 
@@ -36,9 +42,12 @@ def main(paths: list[str]) -> int:
     if quality:
         print(quality_table(quality) + "\n")
         for d in quality:
-            c = d["coverage"]
-            print(f"- {d['world']}: {d['queries']} queries x {d['samples_per_query']} samples; unconditional "
-                  f"coverage {c['covered']}/{c['of']} (rarest seen {c['min_count']} times in {c['samples']})")
+            sets = ", ".join(f"{n} {e['queries']}" for n, e in d["sets"].items())
+            c = d.get("coverage")
+            cover = (f"; unconditional coverage {c['covered']}/{c['of']} (rarest seen {c['min_count']} times in "
+                     f"{c['samples']})") if c else ""
+            print(f"- {d['world']} ({d['backend']} {d['precision']}): queries per set {sets}, "
+                  f"{d['samples_per_query']} samples each{cover}")
         print()
     if speed:
         print(speed_table(speed))

@@ -8,8 +8,9 @@ embedder in another language writes, and CI checks that it reproduces `tr0n-rt s
     python examples/reference_client.py engines/digits 3 "digit seven" --precision fp16 --out out_ref
 
 Writes OUT/000.png, 001.png, ... (row i * samples + j: query i, seed SEED + j), and OUT/client.json with
-each image's query, seed and final energy. Sampling settings are the manifest's ("sampling"), with
---steps and --copies as overrides.
+each image's query, seed and final energy. Sampling settings are the manifest's ("sampling"; sample
+mode's `candidates` 1 and `start_noise` 0 when absent), with --steps, --copies, --mode, --candidates and
+--start-noise as overrides.
 """
 from __future__ import annotations
 
@@ -162,7 +163,7 @@ def conditions(m: dict, folder: Path, graphs: Graphs, queries: list[str]) -> np.
 
 
 # --- the noise scheme (spec: "Noise") ---------------------------------------------------------------
-INIT, COMPONENT, AUGMENT, SGLD = 1, 2, 3, 4
+INIT, COMPONENT, AUGMENT, SGLD, START = 1, 2, 3, 4, 5
 
 
 def philox(ctr, key):
@@ -300,6 +301,39 @@ def final_energy(graphs: Graphs, latent: np.ndarray, c: np.ndarray, aug: np.ndar
     return total.astype(np.float32)
 
 
+def sample_start(m: dict, seeds: list[int], cfg: dict, logits: np.ndarray, means: np.ndarray, std: np.ndarray,
+                 score) -> np.ndarray:
+    """Section 6, step 1, sample mode: z0 [B, D] from the translator's logits [B, K], means [B, K, D], std [D].
+    Candidate j: a component by uniform(COMPONENT, j), z_j = means[k] + std * normal(INIT, j), plus
+    float32(start_noise) * normal(START, j) when that is not 0, clamped to the latent's bounds; several
+    candidates: the one of lowest score(z_j) [B] (the first of equals, NaN as +inf)."""
+    b, d = len(seeds), m["latent"]["dim"]
+    probs = softmax64(logits, 1)
+    s = np.float32(cfg["start_noise"])
+    bounds = m["latent"]["bounds"]
+    draws = []
+    for j in range(cfg["candidates"]):
+        u = uniforms(seeds, COMPONENT, j, (1,))[:, 0]
+        cum, pick = probs[:, 0], np.full(b, probs.shape[1] - 1)
+        done = np.zeros(b, bool)
+        for k in range(probs.shape[1]):
+            if k:
+                cum = cum + probs[:, k]
+            hit = ~done & (u < cum)
+            pick[hit], done = k, done | hit
+        z = means[np.arange(b), pick] + std * normals(seeds, INIT, j, (d,))  # float32: product rounded, then sum
+        if s != 0:
+            z = z + s * normals(seeds, START, j, (d,))  # float32, the same way
+        if bounds is not None:
+            z = np.clip(z, -np.float32(bounds), np.float32(bounds))
+        draws.append(z.astype(np.float32))
+    if len(draws) == 1:
+        return draws[0]
+    energies = np.stack([np.asarray(score(z), np.float32) for z in draws])  # [candidates, B]
+    best = np.where(np.isnan(energies), np.float32(np.inf), energies).argmin(axis=0)  # first of the lowest
+    return np.stack(draws)[best, np.arange(b)]
+
+
 def sample(m: dict, graphs: Graphs, c: np.ndarray, seeds: list[int], cfg: dict, chunk: int | None = None):
     b, d = len(seeds), m["latent"]["dim"]
     steps, copies = cfg["steps"], cfg["copies"]
@@ -322,17 +356,9 @@ def sample(m: dict, graphs: Graphs, c: np.ndarray, seeds: list[int], cfg: dict, 
         elif cfg["mode"] == "mixture":
             logits = np.repeat(logits[:, :, None], d, axis=2)
         else:
-            probs = softmax64(logits, 1)
-            u = uniforms(seeds, COMPONENT, 0, (1,))[:, 0]
-            cum, pick = probs[:, 0], np.full(b, probs.shape[1] - 1)
-            done = np.zeros(b, bool)
-            for k in range(probs.shape[1]):
-                if k:
-                    cum = cum + probs[:, k]
-                hit = ~done & (u < cum)
-                pick[hit], done = k, done | hit
-            z0 = means[np.arange(b), pick] + std * normals(seeds, INIT, 0, (d,))
-            means, logits = z0[:, None].astype(np.float32), np.zeros((b, 1, d), np.float32)
+            z0 = sample_start(m, seeds, cfg, logits, means, std,  # candidates scored with step 0's aug_noise
+                              lambda z: final_energy(graphs, z, c, aug_noise(0), chunk))
+            means, logits = z0[:, None], np.zeros((b, 1, d), np.float32)
     energy = np.full(b, np.nan, np.float32)
     if steps == 0:
         latent = means[:, 0]
@@ -371,6 +397,20 @@ def png(image: np.ndarray) -> bytes:
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
+CANDIDATES = (1, 64)  # the ranges of tr0n_rt/settings.py's RANGES (and the manifest schema)
+START_NOISE = (0.0, 100.0)
+
+
+def start_settings_problem(cfg: dict) -> str | None:
+    """What is wrong with sample mode's candidates and start_noise, or None."""
+    n, s = cfg["candidates"], cfg["start_noise"]
+    if isinstance(n, bool) or not isinstance(n, int) or not CANDIDATES[0] <= n <= CANDIDATES[1]:
+        return f"candidates must be a whole number from {CANDIDATES[0]} to {CANDIDATES[1]}, got {n!r}"
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not START_NOISE[0] <= s <= START_NOISE[1]:
+        return f"start_noise must be a number from {START_NOISE[0]:g} to {START_NOISE[1]:g}, got {s!r}"
+    return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bundle", type=Path)
@@ -382,6 +422,12 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--copies", type=int, default=None)
     ap.add_argument("--mode", choices=["mixture", "sample"], default=None)
+    ap.add_argument("--candidates", type=int, default=None,
+                    help=f"sample mode: draws of z0 per image, {CANDIDATES[0]} to {CANDIDATES[1]}; the lowest energy "
+                         "starts Langevin (manifest's sampling.candidates, 1 when absent)")
+    ap.add_argument("--start-noise", type=float, default=None,
+                    help=f"sample mode: std of extra noise on z0, {START_NOISE[0]:g} to {START_NOISE[1]:g} "
+                         "(manifest's sampling.start_noise, 0 when absent)")
     ap.add_argument("--chunk", type=int, default=None, help="the chunked step, M copies per energy_grad run "
                                                              "(as the memory_plan of `tr0n-rt sample`'s JSON)")
     ap.add_argument("--out", type=Path, required=True)
@@ -391,8 +437,13 @@ def main(argv=None) -> int:
     except (BundleProblem, OSError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    cfg = dict(m["sampling"])
-    cfg.update({k: v for k, v in (("steps", args.steps), ("copies", args.copies), ("mode", args.mode)) if v is not None})
+    cfg = {"candidates": 1, "start_noise": 0.0, **m["sampling"]}
+    cfg.update({k: v for k, v in (("steps", args.steps), ("copies", args.copies), ("mode", args.mode),
+                                  ("candidates", args.candidates), ("start_noise", args.start_noise)) if v is not None})
+    problem = start_settings_problem(cfg)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     graphs = Graphs(args.bundle, m, args.precision)
     c = conditions(m, args.bundle, graphs, args.queries)
     rows = [(q, i, args.seed + j) for i, q in enumerate(args.queries) for j in range(args.samples)]

@@ -1,7 +1,8 @@
 """examples/cpp: the C++ client of the bundle format (ONNX Runtime's C++ API) reproduces `tr0n-rt sample`
 bit for bit (the same PNG pixels, the same float32 energies) on both embedded worlds, fp32 and FP16; it
 checks every listed file's size and sha256 with its own SHA-256 (checked here against hashlib), and its
-noise and float64 arithmetic match tr0n_rt.noise and the spec's test vectors.
+noise and float64 arithmetic match tr0n_rt.noise and the spec's test vectors; sample mode's candidates and
+start noise (spec section 6, step 1) included.
 
 The client is built once per module by examples/cpp/build.sh, which downloads ONNX Runtime's headers from
 npm (150 MB; TR0N_CPP_DOWNLOADS=DIR keeps the tarball between runs) and needs g++."""
@@ -40,6 +41,13 @@ CASES = {
     "digits-fp16-no-copies": ("digits", ["0", "9"], ["--precision", "fp16", "--copies", "0", "--steps", "4"]),
     # the chunked step: 8 copies in chunks of 3, 3 and 2 (docs/bundle-format.md, "The chunked step")
     "digits-fp32-chunked": ("digits", ["2", "6"], ["--copies", "8", "--steps", "4", "--chunk", "3", "--seed", "4"]),
+    # sample mode's start: 3 candidates with start noise, scored by the energy graph (chunked: in chunks of 3)
+    "shapes-fp32-candidates": ("shapes", ["a red star", "a blue circle"],
+                               ["--mode", "sample", "--steps", "4", "--candidates", "3", "--start-noise", "0.3",
+                                "--samples", "2", "--seed", "7"]),
+    "shapes-fp32-candidates-chunked": ("shapes", ["a green square", "a yellow triangle on a white background"],
+                                       ["--mode", "sample", "--copies", "8", "--steps", "3", "--chunk", "3",
+                                        "--candidates", "3", "--start-noise", "0.3", "--seed", "4"]),
 }
 
 
@@ -127,7 +135,9 @@ def reference_client():
     ("digits", {"init": "prior", "steps": 3, "copies": 2}, ["--samples", "2", "--seed", "9"]),
     ("digits", {"steps": 0}, ["--samples", "2"]),  # mixture, T = 0: the most likely mean, no energy
     ("shapes", {"mode": "sample", "steps": 0}, ["--precision", "fp16"]),
-], ids=["prior-init", "mixture-no-steps", "sample-mode-no-steps"])
+    # the manifest's candidates and start_noise (no flags); T = 0 still scores the candidates
+    ("shapes", {"mode": "sample", "steps": 0, "candidates": 4, "start_noise": 0.5}, ["--samples", "2", "--seed", "3"]),
+], ids=["prior-init", "mixture-no-steps", "sample-mode-no-steps", "sample-mode-manifest-candidates"])
 def test_cpp_client_matches_the_reference_client(client, tmp_path, world, sampling, options):
     bundle = bundle_with(tmp_path, world, **sampling)
     queries = ["3", "8"] if world == "digits" else ["a red square", "something purple"]
@@ -169,6 +179,31 @@ def test_cpp_client_refuses_what_it_leaves_out(client, tmp_path):
     assert done.returncode == 2 and "not a version 2 tr0n-rt bundle" in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--candidates", "0"], "--candidates must be a whole number from 1 to 64"),
+    (["--candidates", "65"], "--candidates must be a whole number from 1 to 64"),
+    (["--candidates", "-2"], "--candidates must be a whole number from 1 to 64"),
+    (["--start-noise", "-0.5"], "--start-noise must be a number from 0 to 100"),
+    (["--start-noise", "nan"], "--start-noise must be a number from 0 to 100"),
+    (["--start-noise", "101"], "--start-noise must be a number from 0 to 100"),
+])
+def test_cpp_client_refuses_out_of_range_start_settings(client, tmp_path, options, message):
+    done = run(client, str(world_dir("shapes")), "a red star", *options, "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("sampling, message", [
+    ({"candidates": 65}, "sampling.candidates must be a whole number from 1 to 64"),
+    ({"candidates": 2.5}, "sampling.candidates must be a whole number from 1 to 64"),
+    ({"start_noise": -1}, "sampling.start_noise must be a number from 0 to 100"),
+], ids=["candidates-65", "candidates-2.5", "start-noise-negative"])
+def test_cpp_client_refuses_out_of_range_manifest_start_settings(client, tmp_path, sampling, message):
+    bundle = bundle_with(tmp_path, "shapes", **sampling)
+    done = run(client, str(bundle), "a red star", "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
 # --- the pieces: SHA-256, noise, float64 arithmetic ------------------------------------------------------
 def test_cpp_sha256_matches_hashlib(client, tmp_path):
     messages = [b"", b"abc", b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
@@ -191,7 +226,7 @@ def test_cpp_sha256_matches_hashlib(client, tmp_path):
 @pytest.mark.parametrize("seed", [0, 7, 1099511627783, (1 << 64) - 1])
 def test_cpp_noise_matches_tr0n_rt(client, seed):
     seeds = noise.check_seeds([seed])
-    for stream, step in ((noise.SGLD, 0), (noise.INIT, 0), (noise.AUGMENT, 25)):
+    for stream, step in ((noise.SGLD, 0), (noise.INIT, 0), (noise.AUGMENT, 25), (noise.START, 2)):
         for kind in ("normal", "uniform"):
             done = run(client, "--noise", kind, str(seed), str(stream), str(step), "4099")
             assert done.returncode == 0, done.stderr

@@ -435,6 +435,11 @@ def test_the_shipped_bpe_file_still_loads():  # a guard: the bounds leave room f
     ("adam_eps", 0.0, "adam_eps must be > 0 (at least 1e-30) and <= 1, got 0.0 (Adam divides by sqrt(v) + eps)"),
     ("adam_eps", 1e-300, "adam_eps must be > 0"),
     ("aesthetic_weight", 1e9, "aesthetic_weight must be >= 0 and <= 1000"),
+    ("candidates", 0, "candidates must be >= 1 and <= 64, got 0"),
+    ("candidates", 65, "candidates must be >= 1 and <= 64"),
+    ("candidates", 2.0, "candidates must be a finite whole number"),
+    ("start_noise", -0.1, "start_noise must be >= 0 and <= 100"),
+    ("start_noise", float("nan"), "start_noise must be a finite number"),
 ])
 def test_sampling_numbers_have_upper_bounds(field, value, message):
     with pytest.raises(ConfigError) as info:

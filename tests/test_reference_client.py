@@ -1,6 +1,7 @@
 """examples/reference_client.py, written from the bundle format spec with numpy and onnxruntime only,
 reproduces `tr0n-rt sample` bit for bit: the same PNG pixels and the same final energies, on both
-embedded worlds, fp32 and FP16, several queries, seeds, modes and batch splits."""
+embedded worlds, fp32 and FP16, several queries, seeds, modes and batch splits; and sample mode's
+candidates and start noise (docs/bundle-format.md, section 6 step 1)."""
 from __future__ import annotations
 
 import importlib.util
@@ -32,6 +33,13 @@ CASES = {
     "shapes-fp32-chunked": ("shapes", ["a red star", "a blue circle"],
                             ["--copies", "8", "--steps", "5", "--chunk", "3", "--seed", "2"]),
     "digits-fp16-chunked": ("digits", ["4", "8"], ["--precision", "fp16", "--steps", "4", "--chunk", "5"]),
+    # sample mode's start: 3 candidates with start noise, scored by the energy graph (chunked: in chunks of 3)
+    "shapes-fp32-candidates": ("shapes", ["a red star", "a blue circle"],
+                               ["--mode", "sample", "--steps", "4", "--candidates", "3", "--start-noise", "0.3",
+                                "--samples", "2", "--seed", "7"]),
+    "shapes-fp32-candidates-chunked": ("shapes", ["a green square", "a yellow triangle on a white background"],
+                                       ["--mode", "sample", "--copies", "8", "--steps", "3", "--chunk", "3",
+                                        "--candidates", "3", "--start-noise", "0.3", "--seed", "4"]),
 }
 
 
@@ -65,6 +73,60 @@ def test_reference_client_reproduces_tr0n_rt_sample_bit_for_bit(case, tmp_path):
         assert ea == eb or (np.isnan(ea) and np.isnan(eb)), f"image {i}: energy {ea} != {eb}"
 
 
+def load_client():
+    spec = importlib.util.spec_from_file_location("reference_client", CLIENT)
+    client = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client)
+    return client
+
+
+@pytest.mark.parametrize("bounds", [None, 0.8])
+def test_reference_client_sample_start_matches_tr0n_rt(bounds):
+    """Section 6 step 1, sample mode, against tr0n_rt.sampler.sample_start on made-up translator outputs: the
+    bounds clamp (no shipped world has bounds), ties (the first) and NaN energies (+inf)."""
+    from tr0n_rt import noise
+    from tr0n_rt.sampler import sample_start
+    from tr0n_rt.settings import SamplingConfig
+
+    rng = np.random.default_rng(3)
+    b, k, d = 6, 4, 7
+    logits = rng.normal(size=(b, k)).astype(np.float32)
+    means = rng.normal(size=(b, k, d)).astype(np.float32)
+    std = rng.uniform(0.1, 1.0, d).astype(np.float32)
+    seeds = [0, 1, 5, 99, 1 << 40, (1 << 64) - 1]
+
+    def score(z):  # coarse energies (ties between candidates); row 1: the lowest NaN; row 4: every one NaN
+        e = np.round(z.sum(1), 0).astype(np.float32)
+        e[1] = np.nan if e[1] < -2.5 else e[1]
+        e[4] = np.nan
+        return e
+
+    client = load_client()
+    for candidates, start_noise in ((1, 0.0), (1, 0.3), (5, 0.0), (5, 0.3)):
+        cfg = SamplingConfig(mode="sample", candidates=candidates, start_noise=start_noise)
+        want = sample_start(cfg, noise.check_seeds(seeds), logits, means, std, bounds, score)
+        m = {"latent": {"dim": d, "bounds": bounds}}
+        got = client.sample_start(m, seeds, {"candidates": candidates, "start_noise": start_noise}, logits, means,
+                                  std, score)
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32)), \
+            (candidates, start_noise)
+        if bounds is not None:
+            assert np.abs(got).max() <= np.float32(bounds)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--candidates", "0"], "candidates must be a whole number from 1 to 64"),
+    (["--candidates", "65"], "candidates must be a whole number from 1 to 64"),
+    (["--start-noise", "-0.5"], "start_noise must be a number from 0 to 100"),
+    (["--start-noise", "nan"], "start_noise must be a number from 0 to 100"),
+    (["--start-noise", "101"], "start_noise must be a number from 0 to 100"),
+])
+def test_reference_client_refuses_out_of_range_start_settings(tmp_path, options, message):
+    done = run_client([str(world_dir("shapes")), "a red star", *options, "--out", str(tmp_path / "out")])
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_reference_client_refuses_a_modified_bundle(tmp_path):
     bundle = tmp_path / "digits"
     shutil.copytree(world_dir("digits"), bundle)
@@ -77,9 +139,7 @@ def test_reference_client_refuses_a_modified_bundle(tmp_path):
 
 
 def test_reference_client_bpe_matches_the_runtime_tokenizer_on_ascii_prompts():
-    spec = importlib.util.spec_from_file_location("reference_client", CLIENT)
-    client = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(client)
+    client = load_client()
     tok = CLIPTokenizer()
     folder = Path(tok.bpe_path).parent
     prompts = ["a photo of a cat", "A RED  star, on a grey background!", "it's 42 o'clock &amp; 3.5 dogs",

@@ -231,3 +231,81 @@ def test_tools_never_write_into_an_installed_package():
     assert not paths.inside_installed_package(package.parent / "engines" / "shapes")  # a source checkout's
     with pytest.raises(Tr0nError, match="never write into: give --out DIR"):
         refuse_installed(package / "engines" / "shapes", "--out DIR")
+
+
+def _paper_start(logits, means, std, keys, j=0):
+    """The paper's z0 ~ q(z | c) of candidate j, written out: component by uniform(COMPONENT, j), then
+    means[k] + std * normal(INIT, j) in float32."""
+    k = noise.pick_component(noise.softmax(logits, axis=1), noise.uniform(keys, noise.COMPONENT, j, (1,))[:, 0])
+    eps = noise.normal(keys, noise.INIT, j, (means.shape[2],))
+    return means[np.arange(len(keys)), k].astype(np.float32) + std.astype(np.float32) * eps
+
+
+def _translator_outputs(b=5, k=4, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((b, k)).astype(np.float32), rng.standard_normal((b, k, d)).astype(np.float32),
+            np.full(d, 0.05, np.float32), noise.check_seeds(list(range(40, 40 + b))))
+
+
+def test_one_candidate_without_start_noise_is_the_papers_draw_bit_for_bit():
+    from tr0n_rt.sampler import sample_start
+
+    logits, means, std, keys = _translator_outputs()
+    never = lambda z: pytest.fail("one candidate needs no energy")  # noqa: E731
+    z0 = sample_start(SamplingConfig(mode="sample"), keys, logits, means, std, None, never)
+    assert z0.dtype == np.float32 and np.array_equal(z0, _paper_start(logits, means, std, keys))
+
+
+def test_start_noise_adds_its_own_stream_and_bounds_clamp():
+    from tr0n_rt.sampler import sample_start
+
+    logits, means, std, keys = _translator_outputs()
+    z0 = sample_start(SamplingConfig(mode="sample", start_noise=0.3), keys, logits, means, std, None, None)
+    want = _paper_start(logits, means, std, keys) + np.float32(0.3) * noise.normal(keys, noise.START, 0, (6,))
+    assert np.array_equal(z0, want)
+    clamped = sample_start(SamplingConfig(mode="sample", start_noise=5.0), keys, logits, means, std, 0.5, None)
+    assert np.abs(clamped).max() == np.float32(0.5)
+
+
+def test_candidates_keep_the_lowest_energy_first_of_equals_nan_last():
+    from tr0n_rt.sampler import sample_start
+
+    logits, means, std, keys = _translator_outputs()
+    draws = [_paper_start(logits, means, std, keys, j) for j in range(3)]
+    # energies [3 candidates, 5 rows]: row 0 -> j = 2, row 1 -> equal, first (0), row 2 NaN skipped -> 1,
+    # row 3 all NaN -> 0, row 4 -> 1
+    table = np.array([[0.5, -1.0, np.nan, np.nan, 0.0],
+                      [0.4, -1.0, 0.3, np.nan, -0.2],
+                      [-0.1, 0.0, 0.9, np.nan, 0.1]], np.float32)
+    calls = []
+
+    def score(z):
+        calls.append(z)
+        return table[len(calls) - 1]
+
+    z0 = sample_start(SamplingConfig(mode="sample", candidates=3), keys, logits, means, std, None, score)
+    assert len(calls) == 3 and all(np.array_equal(c, d) for c, d in zip(calls, draws))
+    for row, j in enumerate([2, 0, 1, 0, 1]):
+        assert np.array_equal(z0[row], draws[j][row]), row
+
+
+def test_candidates_are_scored_by_the_energy_with_step_0_augmentations(text_sampler):
+    """End to end at T = 0: the sample's latent is the candidate of lowest energy under step 0's
+    augmentations, and the candidates differ from the one-candidate draw only by which is kept."""
+    c = text_sampler.encode_text(["a red circle", "a circle", "blue"])
+    seeds = [7, 8, 9]
+    cfg = SamplingConfig(mode="sample", steps=0, copies=3, candidates=4, start_noise=0.5)
+    out = text_sampler.sample(c, seeds, cfg)
+    keys = noise.check_seeds(seeds)
+    aug = noise.uniform(keys, noise.AUGMENT, 0, (3, 8))
+    singles = []
+    for j in range(4):  # candidate j alone = the one-candidate draw with its streams at step j
+        tr = text_sampler.backend.run("translator", {"condition": c})
+        lg, mu, sd = (text_sampler.backend.to_host(tr[k]) for k in ("logits", "means", "std"))
+        z = _paper_start(lg, mu, sd, keys, j) + np.float32(0.5) * noise.normal(keys, noise.START, j, (mu.shape[2],))
+        e = text_sampler.backend.run("energy", {"latent": z, "condition": c, "aug_noise": aug})["energy"]
+        singles.append((z, text_sampler.backend.to_host(e)))
+    best = np.stack([e for _, e in singles]).argmin(axis=0)
+    assert len(set(best.tolist())) > 1 or best[0] != 0  # the test would not notice a selection that keeps draw 0
+    for row in range(3):
+        np.testing.assert_array_equal(out.latents[row], singles[best[row]][0][row])

@@ -135,6 +135,7 @@ def cmd_sample(args) -> int:
 
 def cmd_eval(args) -> int:
     from .atomic import write_json
+    from .diversity import PromptImages
 
     check_seed_range(args)
     folder = pipeline_folder(args)
@@ -146,38 +147,84 @@ def cmd_eval(args) -> int:
     if judge is None:
         raise Tr0nError(f"{folder} has no judge: eval needs a world's pipeline or a bundle exported with its judge")
     tick = time.perf_counter()
-    results = []
+    results, gathered = [], PromptImages(args.samples)  # gathered: each prompt's image features, not its images
     for part, out in sample_queries(sampler, queries, args.samples, args.seed, args.batch):
-        for (q, j, seed, _), v in zip(part, judge_images(judge, out.images, [q for q, *_ in part])):
+        verdicts = judge_images(judge, out.images, [q for q, *_ in part])
+        gathered.add([i for *_, i in part], out.images, verdicts)
+        for (q, j, seed, _), v in zip(part, verdicts):
             results.append({"query": q, "sample": j, "seed": seed, "correct": bool(v["correct"]), "judge": v})
     seconds = time.perf_counter() - tick
     accuracy = float(np.mean([r["correct"] for r in results])) if results else float("nan")
     summary = {"pipeline": str(folder), "prompts_file": str(prompts_file), "queries": len(queries),
                "samples_per_query": args.samples, "images": len(results), "accuracy": accuracy,
                "seconds_per_image": seconds / max(len(results), 1), "settings": sampler.config.to_dict(),
-               "diversity": diversity(sampler, judge, results), "results": results}
+               "diversity": diversity(sampler, judge, results, gathered.groups()), "results": results}
     if args.json:
         write_json(args.json, summary)
     print(f"judge accuracy {accuracy:.3f} over {len(results)} images ({len(queries)} queries x {args.samples}); "
           f"{summary['seconds_per_image']:.3f} s/image")
-    div = summary["diversity"]
-    if div["defined"]:
-        print(f"open-attribute diversity {div['mean']:.3f} (1.0: as diverse as the generator) over "
-              f"{div['open_pairs']} (prompt, open attribute) pairs: "
-              + ", ".join(f"{h} {v:.3f}" for h, v in div["per_head"].items()))
+    print_diversity(summary["diversity"])
     return 0
 
 
-def diversity(sampler, judge, results: list[dict]) -> dict:
-    """eval's diversity of what the prompts leave open (tr0n_rt/diversity.py); a class judge's queries
-    leave nothing open."""
-    from .diversity import open_attribute_diversity, prior_verdicts
+def diversity(sampler, judge, results: list[dict], groups: list) -> dict:
+    """eval's diversity report (tr0n_rt/diversity.py; 1.0: as diverse as the generator's own samples):
 
-    if getattr(judge, "rule", {}).get("kind") != "words":
-        return {"defined": False, "why": "every query names the judge's only head (a class): nothing is left open"}
-    prior = prior_verdicts(sampler.backend, judge)
-    return open_attribute_diversity([r["query"] for r in results], [r["judge"] for r in results], prior,
-                                    list(judge.heads))
+        open_attributes   judges with the "words" rule: entropy of what the prompts leave open
+        within_class      judges with the "class" rule: pooled-pixel distance within the prompt's class
+        distinct_images   any judge: distinct images per prompt
+        position_size     any judge: spread of the foreground's centroid and size
+        headline          which of the first two `defined`, `mean` and `per_head` repeat (per_head: the open
+                          attributes' heads; {} for within_class), kept at the top level for older readers
+
+    groups: per prompt (ImageFeatures, verdicts), from diversity.PromptImages."""
+    from .diversity import (
+        distinct_images,
+        open_attribute_diversity,
+        position_size,
+        prior_samples,
+        within_class,
+    )
+
+    spec = judge.entry if hasattr(judge, "entry") else judge.runtime_spec()  # judge.onnx's, or a torch judge's
+    heads, kind = spec["heads"], spec["rule"]["kind"]
+    prior = prior_samples(sampler.backend, judge, heads)
+    features = [f for f, _ in groups]
+    if kind == "words":
+        head, report = "open_attributes", {
+            "open_attributes": open_attribute_diversity([r["query"] for r in results], [r["judge"] for r in results],
+                                                        prior.labels, list(heads)),
+            "within_class": {"defined": False, "why": "the judge has no class rule: see open_attributes"}}
+    else:
+        head, report = "within_class", {
+            "open_attributes": {"defined": False, "why": "every query names the judge's only head (a class): "
+                                                         "nothing is left open; see within_class"},
+            "within_class": within_class(groups, prior, next(iter(heads)))}
+    report["distinct_images"] = distinct_images(features, prior.features)
+    report["position_size"] = position_size(features, prior.features)
+    top = report[head]
+    return {"defined": top["defined"], "mean": top["mean"], "per_head": top.get("per_head", {}), "headline": head,
+            **report}
+
+
+def print_diversity(div: dict) -> None:
+    """One line per defined diversity measure of eval."""
+    opened, within = div["open_attributes"], div["within_class"]
+    distinct, spread = div["distinct_images"], div["position_size"]
+    if opened["defined"]:
+        print(f"open-attribute diversity {opened['mean']:.3f} (1.0: as diverse as the generator) over "
+              f"{opened['open_pairs']} (prompt, open attribute) pairs: "
+              + ", ".join(f"{h} {v:.3f}" for h, v in opened["per_head"].items()))
+    if within["defined"]:
+        print(f"within-class diversity {within['mean']:.3f} (1.0: as diverse as the generator's samples of the "
+              f"class) over {within['prompts']} prompts: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in within["per_class"].items()))
+    if distinct["defined"]:
+        print(f"distinct images {distinct['mean']:.3f} (1.0: as many as the generator's): {distinct['fraction']:.3f} "
+              f"of a prompt's samples are distinct (mean |difference| >= {distinct['threshold']})")
+    if spread["defined"]:
+        print(f"position/size spread {spread['position']:.3f} / {spread['size']:.3f} (1.0: as spread as the "
+              f"generator) over {spread['prompts']} prompts; {spread['empty_masks']} images without foreground")
 
 
 def read_prompts(path: Path, limit: int = 0) -> list[str]:

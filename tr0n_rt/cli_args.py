@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from .errors import ConfigError, Tr0nError
-from .settings import MAX_COPIES, MAX_STEPS, RANGES, range_in_words
+from .settings import MAX_CANDIDATES, MAX_COPIES, MAX_STEPS, RANGES, range_in_words
 
 # Upper bounds of the command line's numbers, refused at parse time. The sampling settings' ranges (steps,
 # copies, learning rates, ...) are settings.RANGES, shared with the Python API. BATCH and COMPONENTS are the
@@ -137,6 +137,11 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--momentum", type=setting("momentum"), default=None, help="SGLD momentum")
     g.add_argument("--noise-std", type=setting("noise_std"), default=None, help="SGLD noise std added after each step")
     g.add_argument("--logits-lr", type=setting("logits_lr"), default=None, help="Adam step size on the mixture logits")
+    g.add_argument("--candidates", type=whole_number(1, MAX_CANDIDATES), default=None,
+                   help=f"sample mode: draws of z0 per image, 1 to {MAX_CANDIDATES}, the lowest energy starts Langevin "
+                        "(each costs one energy evaluation; 1 = the paper's z0 ~ q(z|c))")
+    g.add_argument("--start-noise", type=setting("start_noise"), default=None,
+                   help="sample mode: std of extra noise on z0, in units of the prior's (0 = the paper's z0 ~ q(z|c))")
     g.add_argument("--aesthetic-weight", type=setting("aesthetic_weight"), default=None,
                    help="alpha of the aesthetic term in the energy (pipelines with an aesthetic head; default 0)")
     g.add_argument("--samples", type=whole_number(1, MAX_SAMPLES), default=1,
@@ -160,7 +165,8 @@ def sampling_config(args, base):
     cfg = preset(args.preset) if args.preset else base
     return cfg.with_overrides(mode=args.mode, steps=args.steps, copies=args.copies, latent_lr=args.latent_lr,
                               momentum=args.momentum, noise_std=args.noise_std, logits_lr=args.logits_lr,
-                              aesthetic_weight=args.aesthetic_weight)
+                              aesthetic_weight=args.aesthetic_weight, candidates=args.candidates,
+                              start_noise=args.start_noise)
 
 
 def pipeline_folder(args) -> Path:

@@ -23,10 +23,11 @@ from .errors import ConfigError
 VERSION = 1  # of this scheme; the bundle spec names it
 
 # Streams: what a draw is for (the counter's third word).
-INIT = 1  # prior init: z0 ~ N(0, I) [D]; sample mode: the noise of z0 ~ q(z | c) [D]
-COMPONENT = 2  # sample mode: the uniform that picks the mixture component [1]
+INIT = 1  # prior init: z0 ~ N(0, I) [D]; sample mode: the noise of z0 ~ q(z | c) [D] (candidate j: step j)
+COMPONENT = 2  # sample mode: the uniform that picks the mixture component [1] (candidate j: step j)
 AUGMENT = 3  # DiffAugment numbers [A, 8] at step t (t = T: the final energy's)
 SGLD = 4  # SGLD noise [K, D] at step t
+START = 5  # sample mode: the extra start noise eps' [D] of candidate j (step j)
 
 SEED_LIMIT = 1 << 64
 

@@ -338,7 +338,11 @@ class Sampler:
         else:
             tr = be.run(translator, {"condition": conditions})
             logits, means, std = (be.to_host(tr[k]) for k in ("logits", "means", "std"))
-            means, logits = self._initial_mixture(cfg, keys, logits, means, std)
+
+            def score(z: np.ndarray) -> np.ndarray:  # candidates' energies [B], with step 0's augmentations
+                return self._energy(z, conditions, self._step_noise(keys, 0, cfg.copies, 0)[0], chunk)["energy"]
+
+            means, logits = self._initial_mixture(cfg, keys, logits, means, std, score)
         seconds["translate"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -369,12 +373,8 @@ class Sampler:
         final, aesthetic = np.full(b, np.nan, dtype=np.float32), None
         if cfg.steps:
             tick = time.perf_counter()
-            aug = self._step_noise(keys, cfg.steps, cfg.copies, 0)[0]
-            e = (be.run("energy", {"latent": latents, "condition": conditions, "aug_noise": aug}) if chunk is None
-                 else chunked_energy(be, latents, conditions, aug, chunk))
-            final = be.to_host(e["energy"]).astype(np.float32)
-            if "aesthetic" in e:
-                aesthetic = be.to_host(e["aesthetic"]).astype(np.float32)
+            e = self._energy(latents, conditions, self._step_noise(keys, cfg.steps, cfg.copies, 0)[0], chunk)
+            final, aesthetic = e["energy"], e.get("aesthetic")
             seconds["final_energy"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -386,20 +386,26 @@ class Sampler:
         seconds["decode"] = time.perf_counter() - tick
         return SampleBatch(images, latents, final, trace, [int(s) for s in keys], cfg, seconds, aesthetic)
 
-    def _initial_mixture(self, cfg, keys, logits, means, std):
+    def _energy(self, latents: np.ndarray, conditions: np.ndarray, aug: np.ndarray, chunk: int | None) -> dict:
+        """The energy graph (or its chunks) on latents [B, D] -> host float32 "energy" [B] (and "aesthetic")."""
+        be = self.backend
+        e = (be.run("energy", {"latent": latents, "condition": conditions, "aug_noise": aug}) if chunk is None
+             else chunked_energy(be, latents, conditions, aug, chunk))
+        return {k: be.to_host(v).astype(np.float32) for k, v in e.items() if k in ("energy", "aesthetic")}
+
+    def _initial_mixture(self, cfg, keys, logits, means, std, score):
         """Translator outputs -> the state's means and per-dimension logits, [B, K', D] each.
 
         mixture: all K means, logits copied per dimension. T = 0 keeps only the most probable mean
-        (the first of equals; the reference's translator-only sample). sample: z0 ~ q(z | c), K' = 1."""
+        (the first of equals; the reference's translator-only sample). sample: K' = 1, z0 from
+        sample_start; score(z [B, D]) -> energies [B] ranks its candidates."""
         b, k, d = means.shape
         if cfg.mode == "mixture":
             if cfg.steps == 0:
                 best = logits.argmax(axis=1)
                 return means[np.arange(b), best][:, None].copy(), np.zeros((b, 1, d), np.float32)
             return means.astype(np.float32), np.repeat(logits[:, :, None], d, axis=2).astype(np.float32)
-        comp = noise.pick_component(noise.softmax(logits, axis=1), noise.uniform(keys, noise.COMPONENT, 0, (1,))[:, 0])
-        eps = noise.normal(keys, noise.INIT, 0, (d,))
-        z0 = means[np.arange(b), comp].astype(np.float32) + np.asarray(std, np.float32) * eps  # float32 * then +
+        z0 = sample_start(cfg, keys, logits, means, std, self.info.latent_bounds, score)
         return z0[:, None], np.zeros((b, 1, d), np.float32)
 
     def _step_noise(self, keys, t: int, copies: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -408,6 +414,34 @@ class Sampler:
         aug = (noise.uniform(keys, noise.AUGMENT, t, (copies, AUG_DIM)) if copies
                else np.broadcast_to(np.asarray(IDENTITY_AUG, np.float32), (b, 1, AUG_DIM)).copy())
         return aug, noise.normal(keys, noise.SGLD, t, (k, d))
+
+
+def sample_start(cfg: SamplingConfig, keys: np.ndarray, logits: np.ndarray, means: np.ndarray, std: np.ndarray,
+                 bounds: float | None, score) -> np.ndarray:
+    """Sample mode's z0 [B, D] from the translator's logits [B, K], means [B, K, D] and std [D].
+
+    Candidate j (0 .. cfg.candidates - 1), per row: k_j = the component picked by uniform(COMPONENT, j);
+        z_j = (means[k_j] + std * normal(INIT, j)) + start_noise * normal(START, j)    (float32 operations)
+    clamped to [-bounds, bounds] where the latent has bounds. One candidate: z_0 (the paper's z0 ~ q(z | c)
+    when start_noise = 0). Several: the candidate of lowest score(z_j) [B] (ties and NaN: the first finite
+    lowest; every score NaN: candidate 0)."""
+    b, _, d = means.shape
+    probs = noise.softmax(logits, axis=1)
+    s = np.float32(cfg.start_noise)
+    draws = []
+    for j in range(cfg.candidates):
+        comp = noise.pick_component(probs, noise.uniform(keys, noise.COMPONENT, j, (1,))[:, 0])
+        z = means[np.arange(b), comp].astype(np.float32) + np.asarray(std, np.float32) * noise.normal(keys, noise.INIT, j, (d,))
+        if s:  # start_noise = 0 draws nothing: z is the paper's z0 ~ q(z | c), bit for bit
+            z = z + s * noise.normal(keys, noise.START, j, (d,))
+        if bounds is not None:
+            z = np.clip(z, np.float32(-bounds), np.float32(bounds))
+        draws.append(z.astype(np.float32))
+    if len(draws) == 1:
+        return draws[0]
+    energies = np.stack([score(z) for z in draws])  # [candidates, B]
+    best = np.where(np.isnan(energies), np.inf, energies).argmin(axis=0)
+    return np.stack(draws)[best, np.arange(b)]
 
 
 def sample_queries(sampler: Sampler, queries: list[str], samples: int, seed: int, batch: int):

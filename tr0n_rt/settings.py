@@ -18,6 +18,8 @@ float32 (the step graph takes the hyperparameters as float32):
     clip_norm         MIN_POSITIVE .. MAX_CLIP_NORM (1e6), > 0: a gradient norm clip of 0 freezes the means
     adam_eps          MIN_POSITIVE .. 1, > 0: Adam divides by sqrt(v) + eps, 0 would give 0/0 = NaN
     aesthetic_weight  0 .. MAX_AESTHETIC_WEIGHT (1000)
+    candidates        1 .. MAX_CANDIDATES (64): sample mode's draws of z0 per image, the lowest energy kept
+    start_noise       0 .. MAX_NOISE_STD: sample mode's extra noise on z0, in units of the prior's std (1)
 
 MIN_POSITIVE (1e-30) is the floor of the settings that must be > 0: well above float32's smallest normal
 number (1.2e-38), so the value the step graph receives is never 0. tr0n_rt/schemas/manifest.schema.json
@@ -35,8 +37,9 @@ import numpy as np
 from .errors import ConfigError, unknown_name
 
 MODES = ("mixture", "sample")
-INT_FIELDS = {"steps": int, "copies": int}
-FLOAT_FIELDS = ("latent_lr", "momentum", "noise_std", "logits_lr", "clip_norm", "adam_eps", "aesthetic_weight")
+INT_FIELDS = {"steps": int, "copies": int, "candidates": int}
+FLOAT_FIELDS = ("latent_lr", "momentum", "noise_std", "logits_lr", "clip_norm", "adam_eps", "aesthetic_weight",
+                "start_noise")
 INITS = ("translator", "prior")
 
 MAX_STEPS = 10_000
@@ -45,6 +48,7 @@ MAX_LR = 1000.0
 MAX_NOISE_STD = 100.0
 MAX_CLIP_NORM = 1e6
 MAX_AESTHETIC_WEIGHT = 1000.0
+MAX_CANDIDATES = 64  # each candidate costs one energy evaluation (G forward + A CLIP forwards) per image
 MIN_POSITIVE = 1e-30  # the floor of a setting that must be > 0: a normal, positive float32
 # field -> (lowest, highest), both included: the range every setting must lie in (module docstring).
 RANGES = {
@@ -57,6 +61,8 @@ RANGES = {
     "clip_norm": (MIN_POSITIVE, MAX_CLIP_NORM),
     "adam_eps": (MIN_POSITIVE, 1.0),
     "aesthetic_weight": (0.0, MAX_AESTHETIC_WEIGHT),
+    "candidates": (1, MAX_CANDIDATES),
+    "start_noise": (0.0, MAX_NOISE_STD),
 }
 
 
@@ -85,6 +91,11 @@ class SamplingConfig:
     adam_eps: float = 1e-8  # Adam's epsilon (torch's default); an input, not a constant, of the step graph
     init: str = "translator"  # "prior": start Langevin from z ~ p(z) instead (the no-translator baseline)
     aesthetic_weight: float = 0.0  # alpha of the aesthetic term (pipelines with an aesthetic head only)
+    # Sample mode's start (mixture mode and init "prior" ignore both): `candidates` draws
+    # z0_j = mu_k_j + std * eps_j + start_noise * eps'_j, j = 1 .. candidates, and the one of lowest energy
+    # starts Langevin. 1 and 0: the paper's Algorithm 2, z0 ~ q(z | c).
+    candidates: int = 1
+    start_noise: float = 0.0
 
     def __post_init__(self):
         for f in fields(self):  # numbers as numbers: numpy scalars and ints for floats pass, "8" or 2.5 steps do not

@@ -7,8 +7,9 @@
 //     tr0n_client engines/digits 3 "digit 7" --precision fp16 --out out_cpp
 //
 // Writes OUT/000.png, 001.png, ... (row i * samples + j: query i, seed SEED + j) and OUT/client.json with
-// each image's query, seed and final energy. Sampling settings are the manifest's ("sampling"); --steps,
-// --copies, --mode, --init and the step sizes override them.
+// each image's query, seed and final energy. Sampling settings are the manifest's ("sampling"; sample
+// mode's candidates 1 and start_noise 0 when absent); --steps, --copies, --mode, --init, the step sizes,
+// --candidates and --start-noise override them.
 //
 // Build: examples/cpp/build.sh BUILD_DIR, which compiles with
 //
@@ -336,7 +337,7 @@ Tensor conditions(const json& m, Graphs& graphs, const std::vector<std::string>&
 // --- the noise scheme (spec: "Noise"; tr0n_rt/noise.py) ------------------------------------------------
 // Every float64 operation below is one IEEE-754 basic operation, rounded on its own, in the order of
 // tr0n_rt/noise.py (hence -ffp-contract=off).
-enum Stream : uint32_t { INIT = 1, COMPONENT = 2, AUGMENT = 3, SGLD = 4 };
+enum Stream : uint32_t { INIT = 1, COMPONENT = 2, AUGMENT = 3, SGLD = 4, START = 5 };
 
 void philox4x32_10(uint32_t c[4], uint32_t k0, uint32_t k1) {
   for (int r = 0; r < 10; ++r) {
@@ -496,8 +497,14 @@ struct Settings {
   std::string mode, init;
   int64_t steps = 0, copies = 0;
   int64_t chunk = 0;  // > 0: the chunked step (spec section 3) in chunks of this many copies
+  int64_t candidates = 1;  // sample mode: draws of z0, the lowest energy kept
+  double start_noise = 0.0;  // sample mode: std of the extra start noise (stream START)
   std::map<std::string, double> h;  // latent_lr, momentum, noise_std, logits_lr, clip_norm, adam_eps, aesthetic_weight
 };
+
+// Ranges of sample mode's start settings, as tr0n_rt/settings.py's RANGES (and the manifest schema).
+constexpr int64_t kMaxCandidates = 64;
+constexpr double kMaxStartNoise = 100.0;
 
 const float kIdentityAug[8] = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 2.0f, 2.0f};
 
@@ -528,12 +535,36 @@ Result sample(const json& m, Graphs& graphs, const Tensor& c, const std::vector<
     a.f = uniforms(seeds, AUGMENT, static_cast<uint32_t>(t), static_cast<size_t>(copies * 8));
     return a;
   };
+  // copies first .. first + n - 1 of aug [b, A, 8], as [b, n, 8]
+  auto copies_of = [&](const Tensor& aug, int64_t first, int64_t n) {
+    const int64_t a = aug.shape.at(1);
+    Tensor part = floats({b, n, 8});
+    for (int64_t i = 0; i < b; ++i)
+      std::copy_n(aug.f.begin() + (i * a + first) * 8, n * 8, part.f.begin() + i * n * 8);
+    return part;
+  };
+  // The energy graph on latent [b, d] -> energies [b]; chunked: the sum of float64(E_j) * (m_j / A) over the
+  // chunks of copies, in chunk order, rounded to float32 (spec section 6, step 4).
+  auto energy_of = [&](const Tensor& latent, const Tensor& aug) {
+    if (cfg.chunk <= 0)
+      return graphs.run("energy", {{"latent", latent}, {"condition", c}, {"aug_noise", aug}}).at("energy").f;
+    const int64_t a = aug.shape.at(1);
+    std::vector<double> total(static_cast<size_t>(b), 0.0);
+    for (int64_t first = 0; first < a; first += cfg.chunk) {
+      const int64_t n = std::min(cfg.chunk, a - first);
+      Tensor e = graphs.run("energy", {{"latent", latent}, {"condition", c}, {"aug_noise", copies_of(aug, first, n)}})
+                     .at("energy");
+      for (int64_t i = 0; i < b; ++i)
+        total[i] = total[i] + static_cast<double>(e.f[i]) * (static_cast<double>(n) / static_cast<double>(a));
+    }
+    return std::vector<float>(total.begin(), total.end());  // float64 -> float32, rounded to nearest
+  };
+  const json& bounds = m.at("latent").at("bounds");
 
   Tensor means, logits;  // [b, K', d] each
   if (cfg.init == "prior") {
     means = floats({b, 1, d});
     means.f = normals(seeds, INIT, 0, static_cast<size_t>(d));
-    const json& bounds = m.at("latent").at("bounds");
     if (!bounds.is_null()) {
       float hi = static_cast<float>(bounds.get<double>()), lo = -hi;  // np.clip in float32
       for (float& v : means.f) v = std::min(std::max(v, lo), hi);
@@ -558,24 +589,56 @@ Result sample(const json& m, Graphs& graphs, const Tensor& c, const std::vector<
       for (int64_t i = 0; i < b; ++i)
         for (int64_t j = 0; j < k; ++j)
           std::fill_n(logits.f.begin() + (i * k + j) * d, d, tl.f[i * k + j]);
-    } else {  // sample: a component by the uniform, then z0 = mean + std * normal
+    } else {  // sample: candidate j picks a component by uniform j, then z_j = mean + std * normal j (+ start noise)
       std::vector<double> probs = softmax64(tl.f.data(), static_cast<size_t>(b), static_cast<size_t>(k), 1);
-      std::vector<float> u = uniforms(seeds, COMPONENT, 0, 1);
-      std::vector<float> z = normals(seeds, INIT, 0, static_cast<size_t>(d));
-      means = floats({b, 1, d});
-      for (int64_t i = 0; i < b; ++i) {
-        double cum = probs[i * k];
-        int64_t pick = k - 1;
-        bool done = false;
-        for (int64_t j = 0; j < k; ++j) {
-          if (j) cum = cum + probs[i * k + j];
-          if (!done && static_cast<double>(u[i]) < cum) pick = j, done = true;
+      const float s = static_cast<float>(cfg.start_noise);  // float32(start_noise), rounded to nearest
+      std::vector<Tensor> draws;
+      for (int64_t cand = 0; cand < cfg.candidates; ++cand) {
+        const auto step = static_cast<uint32_t>(cand);
+        std::vector<float> u = uniforms(seeds, COMPONENT, step, 1);
+        std::vector<float> z = normals(seeds, INIT, step, static_cast<size_t>(d));
+        std::vector<float> extra;
+        if (s != 0.0f) extra = normals(seeds, START, step, static_cast<size_t>(d));
+        Tensor zj = floats({b, d});
+        for (int64_t i = 0; i < b; ++i) {
+          double cum = probs[i * k];
+          int64_t pick = k - 1;
+          bool done = false;
+          for (int64_t j = 0; j < k; ++j) {
+            if (j) cum = cum + probs[i * k + j];
+            if (!done && static_cast<double>(u[i]) < cum) pick = j, done = true;
+          }
+          for (int64_t x = 0; x < d; ++x) {
+            float prod = ts.f[x] * z[i * d + x];  // float32: the product rounded, then the sum
+            float v = tm.f[(i * k + pick) * d + x] + prod;
+            if (s != 0.0f) {
+              float more = s * extra[i * d + x];  // the same way
+              v = v + more;
+            }
+            zj.f[i * d + x] = v;
+          }
         }
-        for (int64_t x = 0; x < d; ++x) {
-          float prod = ts.f[x] * z[i * d + x];
-          means.f[i * d + x] = tm.f[(i * k + pick) * d + x] + prod;
+        if (!bounds.is_null()) {
+          float hi = static_cast<float>(bounds.get<double>()), lo = -hi;  // np.clip in float32 (NaN stays NaN)
+          for (float& v : zj.f) v = std::min(std::max(v, lo), hi);
+        }
+        draws.push_back(std::move(zj));
+      }
+      std::vector<size_t> best(static_cast<size_t>(b), 0);  // one candidate: z_0
+      if (draws.size() > 1) {  // the lowest energy with step 0's aug_noise; the first of equals, NaN as +inf
+        const Tensor aug0 = aug_noise(0);
+        std::vector<float> lowest(static_cast<size_t>(b), 0.0f);
+        for (size_t cand = 0; cand < draws.size(); ++cand) {
+          std::vector<float> e = energy_of(draws[cand], aug0);
+          for (int64_t i = 0; i < b; ++i) {
+            float v = std::isnan(e[i]) ? INFINITY : e[i];
+            if (cand == 0 || v < lowest[i]) lowest[i] = v, best[i] = cand;
+          }
         }
       }
+      means = floats({b, 1, d});
+      for (int64_t i = 0; i < b; ++i)
+        std::copy_n(draws[best[i]].f.begin() + i * d, d, means.f.begin() + i * d);
       logits = floats({b, 1, d});
     }
   }
@@ -598,14 +661,6 @@ Result sample(const json& m, Graphs& graphs, const Tensor& c, const std::vector<
       fixed[h] = floats({1}, static_cast<float>(cfg.h.at(h)));
     if (truthy(m.value("aesthetic", json())))
       fixed["aesthetic_weight"] = floats({1}, static_cast<float>(cfg.h.at("aesthetic_weight")));
-    // copies first .. first + n - 1 of aug [b, A, 8], as [b, n, 8]
-    auto copies_of = [&](const Tensor& aug, int64_t first, int64_t n) {
-      const int64_t a = aug.shape.at(1);
-      Tensor part = floats({b, n, 8});
-      for (int64_t i = 0; i < b; ++i)
-        std::copy_n(aug.f.begin() + (i * a + first) * 8, n * 8, part.f.begin() + i * n * 8);
-      return part;
-    };
     Tensor z = floats({b, d});  // the chunked step's generator input: the mixture of the state
     if (cfg.chunk > 0)
       z.f = mix(state.at("logits").f.data(), state.at("means").f.data(), static_cast<size_t>(b),
@@ -648,21 +703,7 @@ Result sample(const json& m, Graphs& graphs, const Tensor& c, const std::vector<
     }
     latent.f = mix(state.at("logits").f.data(), state.at("means").f.data(), static_cast<size_t>(b),
                    static_cast<size_t>(k), static_cast<size_t>(d));
-    Tensor aug = aug_noise(steps);
-    if (cfg.chunk > 0) {  // the final energy over chunks: sum of float64(E_j) * (m_j / A), in chunk order
-      const int64_t a = aug.shape.at(1);
-      std::vector<double> total(static_cast<size_t>(b), 0.0);
-      for (int64_t first = 0; first < a; first += cfg.chunk) {
-        const int64_t n = std::min(cfg.chunk, a - first);
-        Tensor e = graphs.run("energy", {{"latent", latent}, {"condition", c}, {"aug_noise", copies_of(aug, first, n)}})
-                       .at("energy");
-        for (int64_t i = 0; i < b; ++i)
-          total[i] = total[i] + static_cast<double>(e.f[i]) * (static_cast<double>(n) / static_cast<double>(a));
-      }
-      res.energy.assign(total.begin(), total.end());  // float64 -> float32, rounded to nearest
-    } else {
-      res.energy = graphs.run("energy", {{"latent", latent}, {"condition", c}, {"aug_noise", aug}}).at("energy").f;
-    }
+    res.energy = energy_of(latent, aug_noise(steps));
   }
   res.images = graphs.run("generator", {{"latent", latent}}).at("images");
   return res;
@@ -738,6 +779,7 @@ const char* kUsage =
     "                   [--precision fp32|fp16] [--steps T] [--copies A] [--mode mixture|sample]\n"
     "                   [--init translator|prior] [--latent-lr X] [--momentum X] [--noise-std X]\n"
     "                   [--logits-lr X] [--aesthetic-weight X] [--chunk M]\n"
+    "                   [--candidates N (1..64)] [--start-noise S (0..100)]\n"
     "       tr0n_client --sha256 FILE [FILE ...]\n"
     "       tr0n_client --noise normal|uniform|words SEED STREAM STEP N\n"
     "       tr0n_client --philox C0 C1 C2 C3 K0 K1\n"
@@ -853,7 +895,8 @@ int run(int argc, char** argv) {
   std::map<std::string, std::string> opt;
   const std::vector<std::string> known = {"--samples", "--seed", "--batch", "--precision", "--steps", "--copies",
                                           "--mode", "--init", "--out", "--latent-lr", "--momentum", "--noise-std",
-                                          "--logits-lr", "--aesthetic-weight", "--chunk"};
+                                          "--logits-lr", "--aesthetic-weight", "--chunk", "--candidates",
+                                          "--start-noise"};
   for (size_t k = 0; k < args.size(); ++k) {
     const std::string& a = args[k];
     if (a.size() > 2 && a.compare(0, 2, "--") == 0) {
@@ -916,6 +959,39 @@ int run(int argc, char** argv) {
     std::string flag = "--" + std::string(h);
     std::replace(flag.begin(), flag.end(), '_', '-');
     cfg.h[h] = opt.count(flag) ? parse_double(opt[flag], flag) : s.value(h, 0.0);
+  }
+  // Sample mode's start: candidates (1 when absent) and start_noise (0 when absent), in the ranges of
+  // tr0n_rt/settings.py's RANGES.
+  const std::string max_start_noise = std::to_string(static_cast<int64_t>(kMaxStartNoise));  // "100"
+  if (opt.count("--candidates")) {
+    uint64_t v = 0;
+    try {
+      v = parse_u64(opt["--candidates"], "--candidates");
+    } catch (const Usage&) {  // "-1", "2.5", "x": refused below with the range
+    }
+    if (v < 1 || v > static_cast<uint64_t>(kMaxCandidates))
+      throw Usage("--candidates must be a whole number from 1 to " + std::to_string(kMaxCandidates) + ", got " +
+                  opt["--candidates"]);
+    cfg.candidates = static_cast<int64_t>(v);
+  } else if (s.contains("candidates")) {
+    const json& v = s.at("candidates");
+    if (!v.is_number_integer() || v.get<int64_t>() < 1 || v.get<int64_t>() > kMaxCandidates)
+      throw BundleProblem("manifest.json: sampling.candidates must be a whole number from 1 to " +
+                          std::to_string(kMaxCandidates) + ", got " + v.dump());
+    cfg.candidates = v.get<int64_t>();
+  }
+  if (opt.count("--start-noise")) {
+    const double v = parse_double(opt["--start-noise"], "--start-noise");
+    if (!(v >= 0.0 && v <= kMaxStartNoise))  // NaN too
+      throw Usage("--start-noise must be a number from 0 to " + max_start_noise + ", got " +
+                  opt["--start-noise"]);
+    cfg.start_noise = v;
+  } else if (s.contains("start_noise")) {
+    const json& v = s.at("start_noise");
+    if (!v.is_number() || !(v.get<double>() >= 0.0 && v.get<double>() <= kMaxStartNoise))
+      throw BundleProblem("manifest.json: sampling.start_noise must be a number from 0 to " +
+                          max_start_noise + ", got " + v.dump());
+    cfg.start_noise = v.get<double>();
   }
   if (opt.count("--chunk")) {
     cfg.chunk = static_cast<int64_t>(parse_u64(opt["--chunk"], "--chunk"));

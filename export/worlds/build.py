@@ -26,8 +26,11 @@ from . import WORLDS, world_module
 # Translator training on ~20k pairs; the reference's batch 16 / lr 1e-4 / 10 epochs is sized for 1M pairs.
 WORLD_TRAIN = TrainConfig(epochs=30, batch_size=128, lr=1e-3, noise_mode="relative")
 
-# Sampling defaults shipped with the worlds: the `fast` preset's T and A.
-WORLD_SAMPLING = SamplingConfig(steps=25, copies=8)
+# Sampling defaults shipped with the worlds: the `fast` preset's T and A, in sample mode with two candidate
+# starts (the lower energy kept): as right as the reference code's mixture mode on full and under-specified
+# prompts, and about four times as diverse in what a prompt leaves open (benchmarks/RESULTS.md, "Right and
+# diverse"). `--mode mixture` is the reference code's sampling.
+WORLD_SAMPLING = SamplingConfig(mode="sample", steps=25, copies=8, candidates=2)
 
 
 def build_world(name: str, out_dir: str | Path, seed: int = 0, work_dir: str | Path | None = None,
