@@ -37,7 +37,8 @@ CASES = {
                     ["--samples", "2", "--seed", "5", "--batch", "4"]),
     "shapes-fp16-sample-mode": ("shapes", ["a blue circle on a white background", "a yellow triangle"],
                                 ["--precision", "fp16", "--mode", "sample", "--steps", "6"]),
-    "digits-fp32": ("digits", ["3", "digit 7"], ["--samples", "2"]),
+    "digits-fp32": ("digits", ["3", "digit 7"], ["--samples", "2"]),  # the worlds' default: sample mode, 2 candidates
+    "shapes-fp32-mixture": ("shapes", ["a red star", "a circle"], ["--mode", "mixture", "--steps", "5", "--seed", "9"]),
     "digits-fp16-no-copies": ("digits", ["0", "9"], ["--precision", "fp16", "--copies", "0", "--steps", "4"]),
     # the chunked step: 8 copies in chunks of 3, 3 and 2 (docs/bundle-format.md, "The chunked step")
     "digits-fp32-chunked": ("digits", ["2", "6"], ["--copies", "8", "--steps", "4", "--chunk", "3", "--seed", "4"]),

@@ -27,7 +27,8 @@ CASES = {
                     ["--samples", "2", "--seed", "5", "--batch", "4"]),
     "shapes-fp16-sample-mode": ("shapes", ["a blue circle on a white background", "a yellow triangle"],
                                 ["--precision", "fp16", "--mode", "sample", "--steps", "6", "--seed", "11"]),
-    "digits-fp32": ("digits", ["3", "digit 7"], ["--samples", "2", "--seed", "3"]),
+    "digits-fp32": ("digits", ["3", "digit 7"], ["--samples", "2", "--seed", "3"]),  # default: sample, 2 candidates
+    "digits-fp32-mixture": ("digits", ["1", "5"], ["--mode", "mixture", "--steps", "5", "--seed", "9"]),
     "digits-fp16-no-copies": ("digits", ["0", "9"], ["--precision", "fp16", "--copies", "0", "--steps", "4"]),
     # the chunked step (docs/bundle-format.md, "The chunked step"): 8 copies in chunks of 3, 3 and 2
     "shapes-fp32-chunked": ("shapes", ["a red star", "a blue circle"],
