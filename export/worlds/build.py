@@ -27,9 +27,9 @@ from . import WORLDS, world_module
 WORLD_TRAIN = TrainConfig(epochs=30, batch_size=128, lr=1e-3, noise_mode="relative")
 
 # Sampling defaults shipped with the worlds: the `fast` preset's T and A, in sample mode with two candidate
-# starts (the lower energy kept): as right as the reference code's mixture mode on full and under-specified
-# prompts, and about four times as diverse in what a prompt leaves open (benchmarks/RESULTS.md, "Right and
-# diverse"). `--mode mixture` is the reference code's sampling.
+# starts (the lower energy kept): about as right as the reference code's mixture mode on under-specified
+# prompts and 4.5 times as diverse in what they leave open, 0-2 points less right on fully named prompts
+# (benchmarks/RESULTS.md, "Right and diverse"). `--mode mixture` is the reference code's sampling.
 WORLD_SAMPLING = SamplingConfig(mode="sample", steps=25, copies=8, candidates=2)
 
 
