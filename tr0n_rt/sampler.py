@@ -339,8 +339,10 @@ class Sampler:
             tr = be.run(translator, {"condition": conditions})
             logits, means, std = (be.to_host(tr[k]) for k in ("logits", "means", "std"))
 
+            aug0 = self._step_noise(keys, 0, cfg.copies, 0)[0] if cfg.candidates > 1 else None
+
             def score(z: np.ndarray) -> np.ndarray:  # candidates' energies [B], with step 0's augmentations
-                return self._energy(z, conditions, self._step_noise(keys, 0, cfg.copies, 0)[0], chunk)["energy"]
+                return self._energy(z, conditions, aug0, chunk)["energy"]
 
             means, logits = self._initial_mixture(cfg, keys, logits, means, std, score)
         seconds["translate"] = time.perf_counter() - tick
