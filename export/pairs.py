@@ -273,42 +273,65 @@ def make_pairs(generator: Generator, condition_model: ConditionModel, count: int
             drawn on the CPU either way. None: where G's weights are.
     shards: (start, stop): make only shards start..stop-1 of the run's spec.num_shards, so that several
             processes or machines can split one run (disjoint ranges; same settings; shards made on CPU and
-            on CUDA differ in rounding, see the module docstring). None: all.
+            on CUDA differ in rounding, see the module docstring). None: all. export/pairs_ray.py spreads
+            the shards over a Ray cluster's workers instead.
     With a captioner (and the condition model's tokenizer): `count` images, each captioned
     nucleus.captions_per_image times; c = the text embedding of each caption.
 
     The progress bar counts pairs of the range (shards already there shown done); its rate and ETA count
     only pairs made by this call. A write error raises CheckpointError; the shards written stay valid."""
-    from tqdm.auto import tqdm
-
+    nucleus, provenance = check_pair_args(condition_model, count, shard_size, batch_size, captioner, nucleus,
+                                          tokenizer)
+    spec = PairsSpec(count, shard_size, seed, generator.latent.dim, condition_model.cond_dim,
+                     generator.family, condition_model.family, provenance)
     folder = Path(folder)
+    dev = _resolve_device(device, generator)
+    start, stop, todo, done = open_run(folder, spec, shards)
+    bar = progress_bar(spec, start, stop, done, shards is None, progress)
+    homes = (_module_device(generator), _module_device(condition_model))
+    generator.to(dev).eval()
+    condition_model.to(dev).eval()
+    try:
+        for k, i in enumerate(todo):
+            state, meta = make_shard(generator, condition_model, spec, i, batch_size, dev, bar, captioner, nucleus,
+                                     tokenizer)
+            write_shard(folder, spec, i, state, meta, len(todo) - k)
+    finally:
+        bar.close()
+        generator.to(homes[0])
+        condition_model.to(homes[1])
+    return spec
+
+
+def check_pair_args(condition_model, count, shard_size, batch_size, captioner, nucleus, tokenizer):
+    """make_pairs' arguments checked -> (nucleus, provenance: the captioner's, None for image pairs)."""
     for name, v in (("count", count), ("shard_size", shard_size), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"{name} must be a positive int, got {v!r}")
-    provenance = None
     if captioner is None:
         if nucleus is not None or tokenizer is not None:
             raise ConfigError("nucleus and tokenizer apply to caption pairs only: pass a captioner too")
-    else:
-        if tokenizer is None:
-            raise ConfigError("caption pairs need the condition model's tokenizer (tokenizer_from_dict of the "
-                              "pipeline's `tokenizer`, or tr0n_rt.tokenizer.CLIPTokenizer())")
-        if not hasattr(condition_model, "encode_text"):
-            raise ConfigError(f"caption pairs need a condition model that embeds text (CLIP); "
-                              f"{condition_model.family!r} does not")
-        nucleus = nucleus or NucleusConfig()
-        provenance = {**captioner.provenance(nucleus), "batch_size": batch_size}
-    spec = PairsSpec(count, shard_size, seed, generator.latent.dim, condition_model.cond_dim,
-                     generator.family, condition_model.family, provenance)
+        return None, None
+    if tokenizer is None:
+        raise ConfigError("caption pairs need the condition model's tokenizer (tokenizer_from_dict of the "
+                          "pipeline's `tokenizer`, or tr0n_rt.tokenizer.CLIPTokenizer())")
+    if not hasattr(condition_model, "encode_text"):
+        raise ConfigError(f"caption pairs need a condition model that embeds text (CLIP); "
+                          f"{condition_model.family!r} does not")
+    nucleus = nucleus or NucleusConfig()
+    return nucleus, {**captioner.provenance(nucleus), "batch_size": batch_size}
+
+
+def open_run(folder: Path, spec: PairsSpec, shards: tuple[int, int] | None) -> tuple[int, int, list[int], int]:
+    """Checks the shard range, writes (or checks) the index and finds what is left to make:
+    (start, stop, the shards to make, pairs already there). Stale temporaries of killed runs are removed."""
     try:
         start, stop = (0, spec.num_shards) if shards is None else shards
     except (TypeError, ValueError):
         start = stop = None
     if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= spec.num_shards):
         raise ConfigError(f"shards={shards!r} is not a range (start, stop) with 0 <= start < stop <= "
-                          f"{spec.num_shards} ({count} images in shards of {shard_size})")
-    dev = _resolve_device(device, generator)
-
+                          f"{spec.num_shards} ({spec.count} images in shards of {spec.shard_size})")
     index = folder / "pairs.json"
     if index.is_file():
         try:
@@ -324,7 +347,6 @@ def make_pairs(generator: Generator, condition_model: ConditionModel, count: int
             write_json(index, spec.to_index())  # atomic; parts of a split run write the same bytes
         except OSError as e:
             raise _write_error(index, e, spec, stop - start) from e
-
     todo, done = [], 0
     for i in range(start, stop):
         path = shard_path(folder, i)
@@ -333,36 +355,41 @@ def make_pairs(generator: Generator, condition_model: ConditionModel, count: int
             if why is None:
                 done += spec.shard_rows(i)
                 continue
-            tqdm.write(f"{path}: {why}; remaking it", file=sys.stderr)
+            print(f"{path}: {why}; remaking it", file=sys.stderr)
         for stale in folder.glob(f".{path.name}.*.part"):  # left by a killed run (atomic_path's temporaries)
             stale.unlink(missing_ok=True)
         todo.append(i)
-    total = sum(spec.shard_rows(i) for i in range(start, stop))
-    label = "pairs" if shards is None else f"pairs {start}-{stop - 1}"
-    bar = tqdm(total=total, initial=done, desc=label, unit="pair", unit_scale=True, disable=not progress)
+    return start, stop, todo, done
 
-    homes = (_module_device(generator), _module_device(condition_model))
-    generator.to(dev).eval()
-    condition_model.to(dev).eval()
+
+def progress_bar(spec: PairsSpec, start: int, stop: int, done: int, whole: bool, enabled: bool):
+    from tqdm.auto import tqdm
+
+    total = sum(spec.shard_rows(i) for i in range(start, stop))
+    label = "pairs" if whole else f"pairs {start}-{stop - 1}"
+    return tqdm(total=total, initial=done, desc=label, unit="pair", unit_scale=True, disable=not enabled)
+
+
+@torch.no_grad()
+def make_shard(generator, condition_model, spec: PairsSpec, i: int, batch_size: int, dev, bar=None,
+               captioner=None, nucleus=None, tokenizer=None) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Shard i's tensors and metadata, a function of (spec.seed, i, batch size, device) only; the models are
+    on `dev` already."""
+    rng = torch.Generator().manual_seed(spec.seed * 1_000_003 + i)
+    z = generator.sample_latent(spec.shard_images(i), generator=rng)  # [S, D], drawn on the CPU
+    if captioner is not None:
+        return _caption_shard(generator, condition_model, captioner, nucleus, tokenizer, z, rng, batch_size, dev, bar)
+    return _image_shard(generator, condition_model, z, batch_size, dev, bar), None
+
+
+def write_shard(folder: Path, spec: PairsSpec, i: int, state: dict, meta: dict | None, left: int) -> None:
+    """Shard i into place, atomically (a temporary file renamed); left: shards still to write, this one
+    included (for the disk-full message)."""
+    path = shard_path(folder, i)
     try:
-        for k, i in enumerate(todo):
-            rng = torch.Generator().manual_seed(seed * 1_000_003 + i)
-            z = generator.sample_latent(spec.shard_images(i), generator=rng)  # [S, D], drawn on the CPU
-            if captioner is not None:
-                state, meta = _caption_shard(generator, condition_model, captioner, nucleus, tokenizer, z, rng,
-                                             batch_size, dev, bar)
-            else:
-                state, meta = _image_shard(generator, condition_model, z, batch_size, dev, bar), None
-            path = shard_path(folder, i)
-            try:
-                save_state(state, path, metadata=meta)  # atomic: a temporary file renamed into place
-            except OSError as e:
-                raise _write_error(path, e, spec, len(todo) - k) from e
-    finally:
-        bar.close()
-        generator.to(homes[0])
-        condition_model.to(homes[1])
-    return spec
+        save_state(state, path, metadata=meta)
+    except OSError as e:
+        raise _write_error(path, e, spec, left) from e
 
 
 def _image_shard(generator, condition_model, z, batch_size, dev, bar) -> dict[str, torch.Tensor]:
@@ -371,7 +398,8 @@ def _image_shard(generator, condition_model, z, batch_size, dev, bar) -> dict[st
     for start in range(0, z.shape[0], batch_size):
         zb = z[start:start + batch_size].to(dev)
         cs.append(condition_model.encode_images(generator(zb)).float().cpu())
-        bar.update(zb.shape[0])
+        if bar is not None:
+            bar.update(zb.shape[0])
     return {"z": z.float().cpu(), "c": torch.cat(cs)}
 
 
@@ -384,5 +412,6 @@ def _caption_shard(generator, condition_model, captioner, nucleus, tokenizer, z,
         zs.append(zr.float().cpu())
         cs.append(c.float().cpu())
         captions += caps
-        bar.update(len(caps))
+        if bar is not None:
+            bar.update(len(caps))
     return {"z": torch.cat(zs), "c": torch.cat(cs)}, {"captions": json.dumps(captions)}

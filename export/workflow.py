@@ -32,25 +32,34 @@ def pipeline_spec(folder: Path) -> dict:
 
 def make_pipeline_pairs(folder, count: int | None = None, batch_size: int = 64, device: str = "cpu",
                         shards: tuple[int, int] | None = None, shard_size: int = 4096, progress: bool = True,
-                        captioner: str | None = None, captioner_config: dict | None = None):
+                        captioner: str | None = None, captioner_config: dict | None = None,
+                        ray: str | None = None, workers: int | None = None, cpus_per_worker: float = 1.0):
     """folder/pairs: `count` pairs (default: the recipe's), seeded by the recipe; returns the PairsSpec.
     captioner: caption pairs instead (c = the text embedding of a caption of G(z); export/captioners.py),
-    by its name in captioner_registry with its config (constructor keyword arguments)."""
-    from .pairs import make_pairs
-
+    by its name in captioner_registry with its config (constructor keyword arguments).
+    ray: make the shards on a Ray cluster's workers (export/pairs_ray.py): "auto", HOST:PORT, or "local"
+    for a Ray instance on this machine; workers, cpus_per_worker: how many, and their CPU reservation."""
     import torch
 
     from tr0n_rt.backends.torch import check_torch_device
+
+    from .pairs import make_pairs
 
     folder = Path(folder)
     spec = pipeline_spec(folder)
     recipe = read_recipe(spec)
     count = count or recipe.pairs
-    check_torch_device(torch, device)
     num_shards = -(-count // shard_size)
     if shards is not None and not 0 <= shards[0] < shards[1] <= num_shards:
         raise ConfigError(f"--shards {shards[0]}:{shards[1]} is outside the {num_shards} shards of {count} pairs "
                           f"in shards of {shard_size}: give START:STOP with 0 <= START < STOP <= {num_shards}")
+    if ray is not None:
+        from .pairs_ray import make_pairs_on_ray
+
+        return make_pairs_on_ray(folder.resolve(), count, recipe.pairs_seed, batch_size, device, shards, shard_size,
+                                 progress, captioner, captioner_config, None if ray == "local" else ray, workers,
+                                 cpus_per_worker)
+    check_torch_device(torch, device)  # with Ray, each worker checks its own node's devices
     captions = {}
     if captioner is not None:
         from tr0n_rt.tokenizer import tokenizer_from_dict

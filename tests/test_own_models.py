@@ -23,7 +23,6 @@ SETTINGS = ["pairs=1536", "epochs=2", "batch_size=64", "num_components=3", "step
 def checkpoints(tmp_path_factory):
     """A rosinality StyleGAN2 .pt ({"g_ema": ...} in rosinality's key names) and an open_clip checkpoint."""
     import open_clip
-
     from tr0n_rt.export.models.stylegan2 import StyleGAN2Generator
     from tr0n_rt.export.models.stylegan2_import import to_rosinality
 
@@ -168,3 +167,22 @@ def test_a_long_inline_json_config_is_read_as_json():
     from tr0n_rt.cli_pipeline import json_file
 
     assert json_file(json.dumps(CLIP_CFG | {"note": "x" * 300})) == CLIP_CFG | {"note": "x" * 300}
+
+
+@pytest.mark.slow  # a local Ray instance: ~10 s to start
+def test_pairs_on_a_local_ray_cluster_equal_a_single_process_run(checkpoints, tmp_path):
+    """`tr0n-rt pairs --ray`: workers make the shards, the driver writes them; the folder is the one a
+    single process writes, byte for byte, and a lost shard is remade on resume."""
+    pytest.importorskip("ray")
+    one, spread = tmp_path / "one", tmp_path / "spread"
+    for folder in (one, spread):
+        assert create(checkpoints, folder) == 0
+    pairs = ["--batch", "64", "--shard-size", "256", "--count", "1280"]  # 5 shards
+    assert main(["pairs", str(one), *pairs]) == 0
+    ray = ["--ray", "local", "--workers", "2", "--cpus-per-worker", "0.5"]
+    assert main(["pairs", str(spread), *pairs, *ray]) == 0
+    assert shard_bytes(spread) == shard_bytes(one) and len(shard_bytes(one)) == 5
+    assert (spread / "pairs" / "pairs.json").read_bytes() == (one / "pairs" / "pairs.json").read_bytes()
+    (spread / "pairs" / "pairs-00003.safetensors").unlink()
+    assert main(["pairs", str(spread), *pairs, *ray]) == 0
+    assert shard_bytes(spread) == shard_bytes(one)

@@ -48,6 +48,17 @@ def whole_number(minimum: int, maximum: int | None = None):
     return parse
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 and <= 1e6 (CPU and GPU reservations, timeouts in seconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number") from None
+    if not 0 < value <= 1e6:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be > 0 and <= 1e6, got {text[:40]}")
+    return value
+
+
 def seconds(maximum: float):
     """An argparse type: a finite number of seconds > 0 and <= maximum (refuses 0, negatives, nan, inf)."""
     def parse(text: str) -> float:

@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from .cli_args import MAX_BATCH, MAX_PAIRS, MAX_SHARD, whole_number
+from .cli_args import MAX_BATCH, MAX_PAIRS, MAX_SHARD, positive_float, whole_number
 from .errors import ConfigError
 from .extras import build_time
 from .info import describe, render
@@ -63,7 +63,8 @@ def cmd_pairs(args) -> int:
     tick = time.perf_counter()
     spec = workflow.make_pipeline_pairs(args.folder, count=args.count, batch_size=args.batch, device=args.device,
                                         shards=args.shards, shard_size=args.shard_size, captioner=args.captioner,
-                                        captioner_config=args.captioner_config)
+                                        captioner_config=args.captioner_config, ray=args.ray, workers=args.workers,
+                                        cpus_per_worker=args.cpus_per_worker)
     print(f"pairs in {args.folder / 'pairs'}: {spec.count} ({spec.num_shards} shards), "
           f"{time.perf_counter() - tick:.0f} s this run")
     print(f"next: {describe(args.folder)['next']}")
@@ -136,6 +137,15 @@ def add_parsers(sub) -> None:
                                                      "by this captioner (blip, shapes_attributes)")
     p.add_argument("--captioner-config", type=json_file, default=None,
                    help="the captioner's settings as JSON, e.g. '{\"model\": \"/models/blip-base\"}' (local files only)")
+    r = p.add_argument_group("on a Ray cluster (extra: serve)")
+    r.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="make the shards on a Ray cluster's workers and write them here: auto (the cluster `ray start` "
+                        "made), HOST:PORT, or local (a Ray instance on this machine); every node must see FOLDER at "
+                        "the same path")
+    r.add_argument("--workers", type=whole_number(1, 4096), default=None,
+                   help="Ray workers, each loading the models once (default: as many as the cluster has room for)")
+    r.add_argument("--cpus-per-worker", type=positive_float, default=1.0,
+                   help="CPUs Ray reserves per worker, fractions allowed (default: 1)")
     p.set_defaults(func=cmd_pairs)
 
     p = sub.add_parser("import-translator", help="a translator trained with the reference code, into a pipeline",
