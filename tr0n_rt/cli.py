@@ -37,6 +37,7 @@ from .judge import judge_images, open_judge
 from .output_checks import check_output_files, check_outputs
 from .outputs import Interrupted, write_results
 from .sampler import sample_queries, sample_rows
+from .serve.cli import add_parser as add_serve_parser
 
 EPILOG = ("Sample j of every prompt uses seed SEED + j, so a prompt's noise does not depend on the others; the same "
           "--batch gives the same images bit for bit (README, \"Batch invariance\").")
@@ -375,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
     add_pipeline_parsers(sub)
+    add_serve_parser(sub)
 
     p = sub.add_parser("train", help="train a pipeline's translator, or rebuild an embedded world",
                        description="--pipeline DIR: train (or resume training) the translator of a pipeline made "
