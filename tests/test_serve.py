@@ -36,7 +36,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server():
     from tr0n_rt.serve.app import ServeOptions
-    from tr0n_rt.serve.cli import deploy, start, stop
+    from tr0n_rt.serve.cli import start, stop
     from tr0n_rt.serve.protocol import Limits
 
     port = free_port()
@@ -46,8 +46,13 @@ def server():
         start(ServeOptions("shapes", threads=1, max_batch=32, batch_wait_s=0.05,
                            limits=Limits(max_body_bytes=64 << 10, timeout_s=120)),
               port=port, replicas=REPLICAS, cpus=0.5)
-        # a second application on the same proxy: batching off, under /exact
-        deploy(ServeOptions("shapes", threads=1, batching=False), cpus=0.25, name="exact", route_prefix="/exact")
+        # a second application on the same proxy, made as `serve run` and KubeRay make it: batching off, /exact
+        from ray import serve
+
+        from tr0n_rt.serve.app import build_app
+
+        serve.run(build_app({"pipeline": "shapes", "threads": "1", "batching": "false", "cpus": "0.25"}),
+                  name="exact", route_prefix="/exact")
         client = Client(f"http://127.0.0.1:{port}", timeout=120, retries=6, backoff=0.5)
         client.wait_ready(timeout=120)
         yield client

@@ -158,3 +158,40 @@ def deployment(options: ServeOptions, replicas: int = 1, cpus: float = 1.0, gpus
         graceful_shutdown_wait_loop_s=1.0,  # a stopping replica finishes what it holds ...
         graceful_shutdown_timeout_s=options.limits.timeout_s + 5.0)  # ... within a request's timeout
     return d.bind({**asdict(options), "limits": options.limits.as_dict()})
+
+
+def build_app(args: dict):
+    """Ray Serve's application builder, for `serve run` and KubeRay's RayService (their args are strings):
+
+        serve run tr0n_rt.serve.app:build_app pipeline=/models/bundle device=cuda replicas=2
+        # RayService: applications: [{import_path: tr0n_rt.serve.app:build_app, args: {pipeline: ...}}]
+
+    Keys: ServeOptions' fields (pipeline is required; limits as max_body_bytes, timeout_s, ...), replicas,
+    cpus, gpus. Unknown keys are refused."""
+    from dataclasses import fields
+
+    from ..errors import ConfigError
+
+    def value(name: str, text, kind: str):
+        text = str(text)
+        if kind in ("bool", "bool | None"):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ConfigError(f"{name}={text[:40]}: give true or false")
+            return text.lower() in ("true", "1")
+        try:
+            return int(text) if kind.startswith("int") else float(text) if kind.startswith("float") else text
+        except ValueError:
+            raise ConfigError(f"{name}={text[:40]} is not a number") from None
+
+    own = {f.name: str(f.type) for f in fields(ServeOptions) if f.name != "limits"}
+    limit = {f.name: str(f.type) for f in fields(Limits)}
+    place = {"replicas": "int", "cpus": "float", "gpus": "float"}
+    unknown = sorted(set(args) - set(own) - set(limit) - set(place))
+    if unknown or "pipeline" not in args:
+        raise ConfigError(f"build_app: unknown key(s) {', '.join(unknown) or '-'}; pipeline is required; known: "
+                          f"{', '.join(sorted({**own, **limit, **place}))}")
+    options = ServeOptions(**{k: value(k, v, own[k]) for k, v in args.items() if k in own},
+                           limits=Limits(**{k: value(k, v, limit[k]) for k, v in args.items() if k in limit}))
+    p = {k: value(k, v, place[k]) for k, v in args.items() if k in place}
+    gpus = p.get("gpus", 1.0 if options.device.startswith("cuda") else 0.0)
+    return deployment(options, p.get("replicas", 1), p.get("cpus", 1.0), gpus)
