@@ -33,6 +33,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_the_command_serves_and_stops_gracefully():
+    """`tr0n-rt serve` in its own process: SIGTERM while a request is in flight; that request is answered,
+    a request sent while it stops gets 503 (which the client would retry), and the command exits 0.
+    Runs before this module's cluster starts."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tr0n_rt.cli", "serve", "shapes", "--port", str(port), "--threads",
+                             "1", "--cpus-per-replica", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}", timeout=120, retries=0)
+        client.wait_ready(timeout=120)
+        held = {}
+        call = threading.Thread(target=lambda: held.update(out=client.generate(["a red star"], samples=4,
+                                                                                preset="paper")))
+        call.start()
+        time.sleep(1.0)  # the 100-step request is running
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        with pytest.raises(ServeError) as late:
+            client.generate(["a blue circle"])
+        call.join(timeout=120)
+        assert len(held["out"]["images"]) == 4
+        assert late.value.status == 503 and late.value.code == "shutting_down"
+        assert proc.wait(timeout=120) == 0
+        assert "stopped" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture(scope="module")
 def server():
     from tr0n_rt.serve.app import ServeOptions

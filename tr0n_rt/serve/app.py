@@ -49,6 +49,11 @@ class ServeOptions:
     batch_wait_s: float = 0.01  # how long the first waiting row waits for others
     limits: Limits = field(default_factory=Limits)
     judge: bool = True
+    gate: str | None = None  # the name of the application's Gate actor (cli.start), for graceful shutdown
+
+
+GATE_NAMESPACE = "tr0n-rt"
+GATE_POLL_S = 0.2
 
 
 class Tr0nServer:
@@ -64,10 +69,12 @@ class Tr0nServer:
         self._rows.set_max_batch_size(o.max_batch)
         self._rows.set_batch_wait_timeout_s(o.batch_wait_s)
         self.worker.warm_up()
-        self.ready = True
+        self.ready, self.draining, self.inflight, self._watcher = True, False, 0, None
         self.pid = os.getpid()
 
     async def __call__(self, request: Request) -> JSONResponse:
+        if self._watcher is None and self.options.gate:
+            self._watcher = asyncio.create_task(self._watch_gate())
         path, root = request.scope["path"], request.scope.get("root_path", "")
         path, method = (path[len(root):] if root and path.startswith(root) else path).rstrip("/") or "/", request.method
         routes = {GENERATE: "POST", INFO: "GET", HEALTH: "GET", READY: "GET"}
@@ -78,12 +85,17 @@ class Tr0nServer:
         if path == HEALTH:
             return JSONResponse({"status": "ok", "pid": self.pid})
         if path == READY:
-            return JSONResponse({"ready": self.ready, "pipeline": self.worker.info.name, "pid": self.pid},
-                                status_code=200 if self.ready else 503)
+            ready = self.ready and not self.draining
+            return JSONResponse({"ready": ready, "pipeline": self.worker.info.name, "pid": self.pid},
+                                status_code=200 if ready else 503)
         if path == INFO:
             o = self.options
             return JSONResponse(info_body(self.worker.info, o.limits, o.max_batch, o.batching,
                                           self.worker.sampler.config))
+        if self.draining:
+            return _error(RequestError(503, "shutting_down", "this server is shutting down: retry (another replica "
+                                                             "or server will answer)"))
+        self.inflight += 1
         try:
             return JSONResponse(await asyncio.wait_for(self._generate(request), self.options.limits.timeout_s))
         except RequestError as e:
@@ -91,6 +103,18 @@ class Tr0nServer:
         except asyncio.TimeoutError:
             return _error(RequestError(504, "timeout", f"the request took longer than {self.options.limits.timeout_s:g} s "
                                                        "(the server is busy): retry later, or ask for fewer images"))
+        finally:
+            self.inflight -= 1
+
+    async def _watch_gate(self) -> None:
+        """Reads the application's Gate (cli.start made it) every GATE_POLL_S: once it is closed, new
+        generate requests get 503 (clients retry) and this replica reports how many it still holds."""
+        import ray
+
+        gate = ray.get_actor(self.options.gate, namespace=GATE_NAMESPACE)
+        while True:
+            self.draining = await gate.report.remote(self.pid, self.inflight)
+            await asyncio.sleep(GATE_POLL_S)
 
     async def _generate(self, request: Request) -> dict:
         body = await _read_body(request, self.options.limits)
@@ -149,6 +173,7 @@ def _error(e: RequestError) -> JSONResponse:
 
 def deployment(options: ServeOptions, replicas: int = 1, cpus: float = 1.0, gpus: float = 0.0, name: str = "tr0n"):
     """The bound Ray Serve application: `replicas` copies of Tr0nServer(options)."""
+    init = {**asdict(options), "limits": options.limits.as_dict()}
     d = serve.deployment(
         Tr0nServer, name=name, num_replicas=replicas,
         ray_actor_options={"num_cpus": cpus, "num_gpus": gpus},
@@ -157,7 +182,26 @@ def deployment(options: ServeOptions, replicas: int = 1, cpus: float = 1.0, gpus
         health_check_period_s=5.0, health_check_timeout_s=30.0,
         graceful_shutdown_wait_loop_s=1.0,  # a stopping replica finishes what it holds ...
         graceful_shutdown_timeout_s=options.limits.timeout_s + 5.0)  # ... within a request's timeout
-    return d.bind({**asdict(options), "limits": options.limits.as_dict()})
+    return d.bind(init)
+
+
+class Gate:
+    """A Ray actor that every replica of one application reads (Tr0nServer._watch_gate): open while the
+    application serves, closed when `tr0n-rt serve` stops; it collects what each replica still holds."""
+
+    def __init__(self):
+        self.closed, self.held = False, {}
+
+    def close(self) -> None:
+        self.closed = True
+
+    def report(self, replica: int, inflight: int) -> bool:
+        self.held[replica] = (inflight, self.closed)
+        return self.closed
+
+    def drained(self) -> bool:
+        """Every replica that reported since the gate closed holds no request."""
+        return self.closed and all(n == 0 and seen for n, seen in self.held.values())
 
 
 def build_app(args: dict):

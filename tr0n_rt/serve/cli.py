@@ -17,6 +17,7 @@ from .protocol import Limits
 
 APP = "tr0n"
 MAX_REPLICAS = 1024
+_GATES: dict = {}  # application -> its Gate actor (app.Gate), held here so that it lives
 
 
 def add_parser(sub) -> None:
@@ -92,10 +93,16 @@ def start(options, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
 
     if gpus is None:
         gpus = 1.0 if options.device.startswith("cuda") else 0.0
+    from dataclasses import replace
+
+    from .app import GATE_NAMESPACE, Gate
+
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, **ray_init)
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": options.limits.timeout_s + 30})
-    deploy(options, replicas, cpus, gpus)
+    gate = ray.remote(num_cpus=0)(Gate).options(name=f"{APP}-gate", namespace=GATE_NAMESPACE).remote()
+    _GATES[APP] = gate  # a named actor lives while its creator holds a handle
+    deploy(replace(options, gate=f"{APP}-gate"), replicas, cpus, gpus)
 
 
 def deploy(options, replicas: int = 1, cpus: float = 1.0, gpus: float = 0.0, name: str = APP,
@@ -109,11 +116,25 @@ def deploy(options, replicas: int = 1, cpus: float = 1.0, gpus: float = 0.0, nam
     serve.run(deployment(options, replicas, cpus, gpus, name), name=name, route_prefix=route_prefix)
 
 
-def stop() -> None:
-    """Graceful: the proxy stops taking requests, replicas finish what they hold, then Ray stops."""
+def stop(drain_s: float = 0.0) -> None:
+    """Graceful: the application's gate closes, so its replicas turn new requests away (503, which clients
+    retry) and finish the ones they hold, answered through the proxy (waited for up to drain_s seconds);
+    then Serve and Ray stop."""
+    import time
+
     import ray
     from ray import serve
 
+    from .app import GATE_POLL_S
+
+    gate = _GATES.pop(APP, None)  # None: not started by start()
+    if gate is not None:
+        ray.get(gate.close.remote())
+        time.sleep(3 * GATE_POLL_S)  # every replica reads the closed gate at least once
+        deadline = time.monotonic() + drain_s
+        while not ray.get(gate.drained.remote()) and time.monotonic() < deadline:
+            time.sleep(GATE_POLL_S)
+        ray.kill(gate)
     serve.shutdown()
     ray.shutdown()
 
@@ -125,16 +146,18 @@ def cmd_serve(args) -> int:
     except ImportError:
         raise ConfigError("tr0n-rt serve needs Ray Serve: pip install 'tr0n-rt[serve]' (with [cpu] or [gpu])") from None
     options = options_from_args(args)  # refuses a bad pipeline before Ray starts
+    gpus = args.gpus_per_replica if args.gpus_per_replica is not None else 1.0 if args.device.startswith("cuda") else 0.0
+    start(options, args.host, args.port, args.replicas, args.cpus_per_replica, gpus, args.address)
     stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, whose own SIGTERM handler aborts the process
         signal.signal(sig, lambda *_: stopping.set())
-    start(options, args.host, args.port, args.replicas, args.cpus_per_replica, args.gpus_per_replica, args.address)
-    print(f"serving {options.pipeline} at http://{args.host}:{args.port}{'/v1/generate'} with {args.replicas} "
-          f"replica(s); Ctrl-C stops", flush=True)
+    print(f"serving {options.pipeline} at http://{args.host}:{args.port}/v1/generate with {args.replicas} "
+          "replica(s); Ctrl-C or SIGTERM stops", flush=True)
     try:
         while not stopping.wait(1.0):
             pass
     finally:
         print("stopping: finishing the requests in flight", flush=True)
-        stop()
+        stop(drain_s=options.limits.timeout_s + 5)
+    print("stopped", flush=True)
     return 0

@@ -9,6 +9,7 @@ No Ray and no engine here, so every rule is tested without a cluster (tests/test
                         -> 200 {"pipeline", "conditioning", "translator", "images": [record, ...]}
     GET  /v1/info       -> the pipeline, its condition kind, classes, the limits below
     GET  /healthz       -> 200 while the process serves; GET /readyz -> 200 once the engine is loaded and warm
+                        (503 while the server stops)
 
 A record is what `tr0n-rt sample` writes in its JSON for one image (condition, sample, seed, energy,
 settings, seconds_per_image, judge, aesthetic), plus "png" and "batch": {"id", "rows"}, the server batch
