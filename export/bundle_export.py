@@ -335,5 +335,5 @@ def _tolerances() -> dict:
     from . import validate as v
 
     return {"fp32_rel_err": v.FP32_RTOL, "fp16_energy_rel_err": v.FP16_ENERGY_RTOL,
-            "fp16_grad_cosine": v.FP16_GRAD_COSINE, "fp16_adam_step_cosine": v.FP16_ADAM_STEP_COSINE,
+            "fp16_grad_cosine": v.FP16_GRAD_COSINE, "fp16_adam_step_descent": v.FP16_ADAM_STEP_DESCENT,
             "fp16_rel_err": v.FP16_RTOL}

@@ -7,7 +7,8 @@ meaningful where elementwise relative error explodes on near-zero elements):
               where torch's own float32 result is itself further than that from float64 (kinks in tiny
               nets), within 10x torch's float32 error of the float64 result, at most 1e-2, recorded
               in the report as "ill_conditioned"
-    float16:  <= 1e-2 on E; cosine >= 0.999 between the FP16 and float32 gradients; <= 2e-2 elsewhere
+    float16:  <= 1e-2 on E; cosine >= 0.999 between the FP16 and float32 gradients; <= 2e-2 elsewhere;
+              the logits' Adam step achieves >= 98% of float32's first-order descent (FP16_ADAM_STEP_DESCENT)
 The step graph's gradients are read from its outputs with zero optimizer state: velocity_next is then
 the clipped dE/dmeans and adam_m_next = (1 - beta1) * clipped dE/dlogits.
 """
@@ -32,10 +33,19 @@ FP32_CAP = 1e-2
 FP16_ENERGY_RTOL = 1e-2
 FP16_GRAD_COSINE = 0.999
 FP16_RTOL = 2e-2
-# Adam's first step is about lr sign(g) per component, so its cosine to float32's is 1 - 2 x the fraction
-# of components whose sign FP16 flips (near-zero gradients): ViT-B-32 + StyleGAN2-256 with random weights
-# gives 0.9925 (0.4% flipped), shapes 0.99999, a reversed update -0.97. At most 1% flipped:
-FP16_ADAM_STEP_COSINE = 0.98
+# The logits' update, Adam's first step u = -lr g / (|g| + eps), is about -lr sign(g) per component: it
+# jumps at g = 0, so a component whose gradient FP16 cannot resolve flips sign whatever the graph does.
+# Its cosine to float32's update, 1 - 2 x the fraction of components flipped, counts such flips as much
+# as any other: in mixture mode the K logits of one latent dimension d share dE/dz'_d, so one such d of
+# one sample flips K components, and the shapes step (K = 10, D = 20, batch 3) read 0.9667 for a single
+# d whose |g| was 0.11 of the sample's rms (float32 itself flips it when only G's output is rounded to
+# FP16: 0.96665); over 12 random inputs the shipped shapes world read down to 0.850 (3 of 12 below
+# 0.98) with a gradient cosine >= 0.9986. The gate is therefore the share of float32's first-order
+# energy decrease that the FP16 update achieves, sum(g u16) / sum(g u32) with g the float32 gradient:
+# a flip costs 2 |g_i| / ||g||_1 of it, so unresolved components cost what they matter to E. It reads
+# 0.9998 without flips, 0.991-0.9998 on those 12 inputs (styled world 0.996-0.9998), and -1 for a
+# reversed update. At most 1% of the descent lost (a uniform 1% flipped, as the cosine bound allowed):
+FP16_ADAM_STEP_DESCENT = 0.98
 CASES = ((11, 2, 3), (12, 3, 5))  # (seed, batch, copies): two different inputs and shapes
 
 
@@ -50,6 +60,14 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+
+
+def descent(update: np.ndarray, reference: np.ndarray, gradient: np.ndarray) -> float:
+    """sum(gradient * update) / sum(gradient * reference): the share of the reference update's first-order
+    change of E that `update` achieves (1: the same, -1: reversed)."""
+    g = gradient.reshape(-1).astype(np.float64)
+    num, den = g @ update.reshape(-1), g @ reference.reshape(-1)
+    return float(num / den) if den != 0 else 1.0  # den = 0: no gradient, nothing to descend
 
 
 def _feeds(p: TorchPipeline, spec: GraphSpec, zero_state: bool) -> list[dict[str, torch.Tensor]]:
@@ -231,13 +249,18 @@ def validate_fp16(p: TorchPipeline, spec: GraphSpec, path16: Path, path32: Path,
             checks.append((f"gradient cosine ({o})", report[f"{o} cosine"], FP16_GRAD_COSINE, "min"))
         # adam_v_next = (1 - b2) g^2 comes from the same g in float32: reported, not a second gate
         report["adam_v_next cosine"] = min(cosine(g["adam_v_next"], r["adam_v_next"]) for g, r in zip(got, ref))
-        for o, bound in (("means", FP16_GRAD_COSINE), ("logits", FP16_ADAM_STEP_COSINE)):
+        for o in ("means", "logits"):
             # The update itself (no SGLD noise here): the latents are ~100x their update, so a relative
             # error of means_next alone passes even with the update's sign reversed.
             report[f"{o} update cosine"] = min(cosine(g[f"{o}_next"] - x[o], r[f"{o}_next"] - x[o])
                                                for g, r, x in zip(got, ref, feeds))
-            checks.append((f"{o} update cosine", report[f"{o} update cosine"], bound, "min"))
             checks.append((f"{o}_next rel err", report[f"{o}_next"], FP16_RTOL, "max"))
+        checks.append(("means update cosine", report["means update cosine"], FP16_GRAD_COSINE, "min"))
+        # the logits' update: reported as a cosine, gated by its descent (FP16_ADAM_STEP_DESCENT);
+        # adam_m_next = (1 - b1) g with zero state, so the float32 graph's gives g's direction
+        report["logits update descent"] = min(descent(g["logits_next"] - x["logits"], r["logits_next"] - x["logits"],
+                                                      r["adam_m_next"]) for g, r, x in zip(got, ref, feeds))
+        checks.append(("logits update descent", report["logits update descent"], FP16_ADAM_STEP_DESCENT, "min"))
         if any(not np.array_equal(g["step_next"], r["step_next"]) for g, r in zip(got, ref)):
             raise ValidationError(f"{path16.name}: step_next differs from the float32 graph's (it is step + 1)")
     else:

@@ -244,6 +244,38 @@ def test_fp16_keeps_light_nodes_between_float32_nodes_in_float32(tmp_path):
     np.testing.assert_allclose(got["y"], h / np.linalg.norm(h, axis=1, keepdims=True), rtol=2e-3)
 
 
+def test_fp16_keeps_the_resampling_of_input_images_in_float32(text_bundle):
+    """The augmentation's resampling (M_h @ x @ M_w^T, its matrices computed from aug_noise alone) stays
+    float32 where x is energy_grad's input image: FP16 rounding of the bilinear weights was a coherent
+    error in an otherwise exact image (export/fp16.py: light_input_functions). In the step x is G's FP16
+    output, and the resampling follows it."""
+    from tr0n_rt.export.fp16 import reachable_nodes
+    from tr0n_rt.export.onnx_fixes import infer_shapes
+
+    for name, forward_type in (("energy_grad", TensorProto.FLOAT), ("step", TensorProto.FLOAT16)):
+        m = onnx.load(str(text_bundle / f"{name}.fp16.onnx"))
+        infer_shapes(m)
+        types = {v.name: v.type.tensor_type.elem_type for v in list(m.graph.value_info) + list(m.graph.output)}
+        inputs = {i.name for i in m.graph.input}
+        noise = set(reachable_nodes(m, {"aug_noise"})) - set(reachable_nodes(m, inputs - {"aug_noise"}))
+        producer = {o: n for n in m.graph.node for o in n.output}
+
+        def source(v):  # through the converter's casts
+            while v in producer and producer[v].op_type == "Cast":
+                v = producer[v].input[0]
+            return producer.get(v)
+
+        resampling = [n for n in m.graph.node if n.op_type == "MatMul" and n.name not in noise
+                      and any(source(i) is not None and source(i).name in noise for i in n.input)]
+        nodes = list(m.graph.node)
+        first_conv = next(i for i, n in enumerate(nodes) if n.op_type == "Conv")  # energy_grad: the encoder's
+        forward = [n for n in resampling if nodes.index(n) < first_conv or name == "step"]
+        assert len(resampling) >= 4 and len(forward) >= 2, (name, [n.name for n in resampling])
+        for n in resampling:  # energy_grad's backward resampling (after the encoder) is FP16 as the rest
+            want = forward_type if n in forward else TensorProto.FLOAT16
+            assert types[n.output[0]] == want, (name, n.name, types[n.output[0]])
+
+
 def test_fp16_graphs_keep_float32_io(text_bundle):
     for f in text_bundle.glob("*.fp16.onnx"):
         model = onnx.load(str(f))
@@ -288,10 +320,34 @@ def test_fp16_validation_catches_a_reversed_update(tiny_text_pipeline, tmp_path,
     bad = export_graph(p, spec, tmp_path / "bad" / "step.onnx")
     report = validate_fp16(p, spec, good, good, strict=True)  # a graph agrees with itself
     assert report["means update cosine"] > 0.9999 and report["logits update cosine"] > 0.9999
-    with pytest.raises(ValidationError, match="update cosine|gradient cosine"):
+    assert report["logits update descent"] > 0.9999
+    with pytest.raises(ValidationError, match="update cosine|gradient cosine|update descent"):
         validate_fp16(p, spec, bad, good, strict=True)
     report = validate_fp16(p, spec, bad, good, strict=False)
     assert report["means update cosine"] < -0.9 and report["logits update cosine"] < -0.9, report
+    assert report["logits update descent"] < -0.9, report
+
+
+def test_logits_update_descent_weighs_flips_by_the_gradient():
+    """The logits' gate (FP16_ADAM_STEP_DESCENT): Adam's first step is about -lr sign(g), so flipping the
+    K components of one latent dimension whose gradient is near zero costs the cosine 2 K / n (under its
+    old 0.98 bound) but the descent only what those components matter to E; a reversed update, or
+    flips where the gradient is large, still fail."""
+    from tr0n_rt.export.validate import FP16_ADAM_STEP_DESCENT, cosine, descent
+
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(3, 10, 20))  # batch 3, K = 10, D = 20, as the shapes step's second case
+    g[1, :, 3] *= 0.01  # one latent dimension of one sample with a near-zero gradient
+    u32 = -1e-2 * g / (np.abs(g) + 1e-8)  # Adam's first step from zero state
+    u16 = u32.copy()
+    u16[1, :, 3] *= -1  # FP16 flips that dimension's sign
+    assert cosine(u16, u32) < 0.97 and descent(u16, u32, g) > 0.999
+    assert descent(-u32, u32, g) == pytest.approx(-1.0)
+    big = u32.copy()
+    worst = np.argsort(-np.abs(g).reshape(-1))[:6]  # 1% of the components, the largest gradients
+    big.reshape(-1)[worst] *= -1
+    assert cosine(big, u32) > 0.97 and descent(big, u32, g) < FP16_ADAM_STEP_DESCENT
+    assert descent(np.zeros_like(u32), np.zeros_like(u32), np.zeros_like(g)) == 1.0
 
 
 @pytest.mark.slow
