@@ -85,9 +85,10 @@ def options_from_args(args):
 
 
 def start(options, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1, cpus: float = 1.0,
-          gpus: float | None = None, address: str | None = None, **ray_init) -> None:
+          gpus: float | None = None, address: str | None = None, after_init=None, **ray_init) -> None:
     """Joins (address) or starts a Ray instance, starts Serve's HTTP proxy on host:port and deploys the
-    replicas; returns once every replica has loaded and warmed its engine."""
+    replicas; returns once every replica has loaded and warmed its engine. after_init(): called once Ray
+    runs, before anything serves (the command installs its signal handlers there)."""
     import ray
     from ray import serve
 
@@ -99,6 +100,8 @@ def start(options, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, **ray_init)
+    if after_init is not None:
+        after_init()
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": options.limits.timeout_s + 30})
     gate = ray.remote(num_cpus=0)(Gate).options(name=f"{APP}-gate", namespace=GATE_NAMESPACE).remote()
     _GATES[APP] = gate  # a named actor lives while its creator holds a handle
@@ -147,10 +150,13 @@ def cmd_serve(args) -> int:
         raise ConfigError("tr0n-rt serve needs Ray Serve: pip install 'tr0n-rt[serve]' (with [cpu] or [gpu])") from None
     options = options_from_args(args)  # refuses a bad pipeline before Ray starts
     gpus = args.gpus_per_replica if args.gpus_per_replica is not None else 1.0 if args.device.startswith("cuda") else 0.0
-    start(options, args.host, args.port, args.replicas, args.cpus_per_replica, gpus, args.address)
     stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, whose own SIGTERM handler aborts the process
-        signal.signal(sig, lambda *_: stopping.set())
+
+    def handle_signals():  # after ray.init, whose own SIGTERM handler aborts the process; before serving
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stopping.set())
+
+    start(options, args.host, args.port, args.replicas, args.cpus_per_replica, gpus, args.address, handle_signals)
     print(f"serving {options.pipeline} at http://{args.host}:{args.port}/v1/generate with {args.replicas} "
           "replica(s); Ctrl-C or SIGTERM stops", flush=True)
     try:
