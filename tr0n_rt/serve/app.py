@@ -73,8 +73,12 @@ class Tr0nServer:
         self.pid = os.getpid()
 
     async def __call__(self, request: Request) -> JSONResponse:
-        if self._watcher is None and self.options.gate:
-            self._watcher = asyncio.create_task(self._watch_gate())
+        if self._watcher is None and self.options.gate:  # the first call reads the gate before going on
+            import ray
+
+            gate = ray.get_actor(self.options.gate, namespace=GATE_NAMESPACE)
+            self.draining = await gate.report.remote(self.pid, self.inflight)
+            self._watcher = asyncio.create_task(self._watch_gate(gate))
         path, root = request.scope["path"], request.scope.get("root_path", "")
         path, method = (path[len(root):] if root and path.startswith(root) else path).rstrip("/") or "/", request.method
         routes = {GENERATE: "POST", INFO: "GET", HEALTH: "GET", READY: "GET"}
@@ -106,15 +110,12 @@ class Tr0nServer:
         finally:
             self.inflight -= 1
 
-    async def _watch_gate(self) -> None:
+    async def _watch_gate(self, gate) -> None:
         """Reads the application's Gate (cli.start made it) every GATE_POLL_S: once it is closed, new
         generate requests get 503 (clients retry) and this replica reports how many it still holds."""
-        import ray
-
-        gate = ray.get_actor(self.options.gate, namespace=GATE_NAMESPACE)
         while True:
-            self.draining = await gate.report.remote(self.pid, self.inflight)
             await asyncio.sleep(GATE_POLL_S)
+            self.draining = await gate.report.remote(self.pid, self.inflight)
 
     async def _generate(self, request: Request) -> dict:
         body = await _read_body(request, self.options.limits)
@@ -190,18 +191,20 @@ class Gate:
     application serves, closed when `tr0n-rt serve` stops; it collects what each replica still holds."""
 
     def __init__(self):
-        self.closed, self.held = False, {}
+        self.closed, self.held = False, {}  # replica -> (requests held, when reported, gate closed then)
 
     def close(self) -> None:
         self.closed = True
 
     def report(self, replica: int, inflight: int) -> bool:
-        self.held[replica] = (inflight, self.closed)
+        self.held[replica] = (inflight, time.monotonic(), self.closed)
         return self.closed
 
     def drained(self) -> bool:
-        """Every replica that reported since the gate closed holds no request."""
-        return self.closed and all(n == 0 and seen for n, seen in self.held.values())
+        """Closed, and every live replica (one that reported within the last 5 polls; a dead one stops
+        reporting) has seen it closed and holds no request."""
+        now = time.monotonic()
+        return self.closed and all(n == 0 and seen for n, t, seen in self.held.values() if now - t < 5 * GATE_POLL_S)
 
 
 def build_app(args: dict):
