@@ -37,9 +37,9 @@ class PairsWorker:
         import torch
 
         from tr0n_rt.backends.torch import check_torch_device
+        from tr0n_rt.pipeline_json import read_pipeline_json
 
         from .pipeline import load_models
-        from .workflow import pipeline_spec
 
         if threads:
             torch.set_num_threads(threads)
@@ -49,7 +49,7 @@ class PairsWorker:
 
             raise ConfigError(f"{folder} is not on node {socket.gethostname()}: every Ray node must see the pipeline "
                               "folder at the same path (a shared filesystem, or the same image on every pod)")
-        spec = pipeline_spec(folder)
+        spec = read_pipeline_json(folder)  # the driver (workflow.make_pipeline_pairs) checked it is there
         self.dev = check_torch_device(torch, device)
         self.g, self.f = load_models(folder, spec)
         self.g.to(self.dev)
