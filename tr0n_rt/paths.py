@@ -29,6 +29,11 @@ def is_world_name(text: str) -> bool:
     return "/" not in text and os.sep not in text and text not in (".", "..")
 
 
+def pipeline_path(pipeline) -> Path:
+    """A world's bare name ("shapes") -> its folder; anything else -> that path."""
+    return world_dir(pipeline) if isinstance(pipeline, str) and is_world_name(pipeline) else Path(pipeline)
+
+
 def world_dir(name: str) -> Path:
     folder = engines_dir() / name
     if not folder.is_dir():

@@ -139,13 +139,11 @@ class Sampler:
         backend: auto | onnxruntime | tensorrt | torch (auto: onnxruntime for a bundle when installed for
         the device). preset: "paper" or "fast" (default: the pipeline's own settings); threads:
         onnxruntime's CPU threads; settings: SamplingConfig fields, e.g. steps=50, copies=16."""
-        from pathlib import Path
-
         from .backends import open_backend
-        from .paths import is_world_name, world_dir
+        from .paths import pipeline_path
         from .settings import preset as named_preset
 
-        folder = world_dir(pipeline) if isinstance(pipeline, str) and is_world_name(pipeline) else Path(pipeline)
+        folder = pipeline_path(pipeline)
         be = open_backend(backend, folder, device=device, precision=precision, threads=threads)
         base = named_preset(preset) if preset else be.info.sampling
         return cls(be, base.with_overrides(**settings))
@@ -205,13 +203,7 @@ class Sampler:
         return "image_translator" if self.info.image_translator else "translator"
 
     def class_index(self, cls: str | int) -> int:
-        names = self.info.classes or []
-        key = str(cls).strip().lower()
-        for prefix in ("digit ", "class "):
-            key = key.removeprefix(prefix)
-        if key in names:
-            return names.index(key)
-        raise PromptError(f"unknown class {cls!r} for pipeline {self.info.name!r}; known: {', '.join(names)}")
+        return class_index(self.info.classes or [], cls, self.info.name)
 
     def conditions(self, queries: list[str]) -> np.ndarray:
         """Prompts (text pipelines) or class names (class pipelines) -> conditions."""
@@ -416,6 +408,16 @@ class Sampler:
         aug = (noise.uniform(keys, noise.AUGMENT, t, (copies, AUG_DIM)) if copies
                else np.broadcast_to(np.asarray(IDENTITY_AUG, np.float32), (b, 1, AUG_DIM)).copy())
         return aug, noise.normal(keys, noise.SGLD, t, (k, d))
+
+
+def class_index(names: list[str], cls: str | int, pipeline: str) -> int:
+    """A class by name ("7", "digit 7", "Class 7") or index -> its index in names, else PromptError."""
+    key = str(cls).strip().lower()
+    for prefix in ("digit ", "class "):
+        key = key.removeprefix(prefix)
+    if key in names:
+        return names.index(key)
+    raise PromptError(f"unknown class {cls!r} for pipeline {pipeline!r}; known: {', '.join(names)}")
 
 
 def sample_start(cfg: SamplingConfig, keys: np.ndarray, logits: np.ndarray, means: np.ndarray, std: np.ndarray,

@@ -172,8 +172,12 @@ def _error(e: RequestError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status)
 
 
-def deployment(options: ServeOptions, replicas: int = 1, cpus: float = 1.0, gpus: float = 0.0, name: str = "tr0n"):
-    """The bound Ray Serve application: `replicas` copies of Tr0nServer(options)."""
+def deployment(options: ServeOptions, replicas: int = 1, cpus: float = 1.0, gpus: float | None = None,
+               name: str = "tr0n"):
+    """The bound Ray Serve application: `replicas` copies of Tr0nServer(options), each reserving `cpus`
+    CPUs and `gpus` GPUs (None: one on a CUDA device, none on the CPU)."""
+    if gpus is None:
+        gpus = 1.0 if options.device.startswith("cuda") else 0.0
     init = {**asdict(options), "limits": options.limits.as_dict()}
     d = serve.deployment(
         Tr0nServer, name=name, num_replicas=replicas,
@@ -240,5 +244,4 @@ def build_app(args: dict):
     options = ServeOptions(**{k: value(k, v, own[k]) for k, v in args.items() if k in own},
                            limits=Limits(**{k: value(k, v, limit[k]) for k, v in args.items() if k in limit}))
     p = {k: value(k, v, place[k]) for k, v in args.items() if k in place}
-    gpus = p.get("gpus", 1.0 if options.device.startswith("cuda") else 0.0)
-    return deployment(options, p.get("replicas", 1), p.get("cpus", 1.0), gpus)
+    return deployment(options, p.get("replicas", 1), p.get("cpus", 1.0), p.get("gpus"))

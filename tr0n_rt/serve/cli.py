@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import threading
-from pathlib import Path
 
 from ..cli_args import MAX_BATCH, MAX_THREADS, memory_size, positive_float, whole_number
 from ..errors import ConfigError
@@ -66,10 +65,9 @@ def add_parser(sub) -> None:
 def resolve_pipeline(text: str) -> str:
     """A world name, or a folder as an absolute path (Ray's workers run in other working directories)."""
     from ..backends import check_pipeline_dir
-    from ..paths import is_world_name, world_dir
+    from ..paths import is_world_name, pipeline_path
 
-    folder = world_dir(text) if is_world_name(text) else Path(text).expanduser().resolve()
-    check_pipeline_dir(folder, f"pipeline {text}")
+    folder = check_pipeline_dir(pipeline_path(text).expanduser().resolve(), f"pipeline {text}")
     return text if is_world_name(text) else str(folder)
 
 
@@ -89,12 +87,10 @@ def start(options, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
     """Joins (address) or starts a Ray instance, starts Serve's HTTP proxy on host:port and deploys the
     replicas; returns once every replica has loaded and warmed its engine. after_init(): called once Ray
     runs, before anything serves (the command installs its signal handlers there)."""
+    from dataclasses import replace
+
     import ray
     from ray import serve
-
-    if gpus is None:
-        gpus = 1.0 if options.device.startswith("cuda") else 0.0
-    from dataclasses import replace
 
     from .app import GATE_NAMESPACE, Gate
 
@@ -108,7 +104,7 @@ def start(options, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
     deploy(replace(options, gate=f"{APP}-gate"), replicas, cpus, gpus)
 
 
-def deploy(options, replicas: int = 1, cpus: float = 1.0, gpus: float = 0.0, name: str = APP,
+def deploy(options, replicas: int = 1, cpus: float = 1.0, gpus: float | None = None, name: str = APP,
            route_prefix: str = "/") -> None:
     """One more application on the running Serve instance (another pipeline or other settings under
     route_prefix, e.g. /digits/v1/generate); returns once its replicas are warm."""
@@ -149,14 +145,14 @@ def cmd_serve(args) -> int:
     except ImportError:
         raise ConfigError("tr0n-rt serve needs Ray Serve: pip install 'tr0n-rt[serve]' (with [cpu] or [gpu])") from None
     options = options_from_args(args)  # refuses a bad pipeline before Ray starts
-    gpus = args.gpus_per_replica if args.gpus_per_replica is not None else 1.0 if args.device.startswith("cuda") else 0.0
     stopping = threading.Event()
 
     def handle_signals():  # after ray.init, whose own SIGTERM handler aborts the process; before serving
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stopping.set())
 
-    start(options, args.host, args.port, args.replicas, args.cpus_per_replica, gpus, args.address, handle_signals)
+    start(options, args.host, args.port, args.replicas, args.cpus_per_replica, args.gpus_per_replica, args.address,
+          handle_signals)
     print(f"serving {options.pipeline} at http://{args.host}:{args.port}/v1/generate with {args.replicas} "
           "replica(s); Ctrl-C or SIGTERM stops", flush=True)
     try:

@@ -26,13 +26,12 @@ import base64
 import binascii
 import io
 import json
-import math
 import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import Tr0nError
+from ..errors import PromptError, Tr0nError
 from ..noise import SEED_LIMIT
 from ..settings import MODES, PRESETS, SamplingConfig, preset
 
@@ -247,23 +246,26 @@ def _class(c, info) -> str:
         raise RequestError(422, "text_pipeline", f"pipeline {info.name!r} is text-conditional: send \"prompts\"")
     if isinstance(c, bool) or not isinstance(c, str | int):
         raise RequestError(422, "bad_class", f"a class is a name or an index, got {json.dumps(c)[:60]}")
-    key = str(c).strip().lower().removeprefix("digit ").removeprefix("class ")
-    if key not in info.classes:
-        raise RequestError(422, "unknown_class", f"unknown class {json.dumps(c)[:60]}; known: "
-                                                 f"{', '.join(info.classes)[:300]}")
-    return key
+    from ..sampler import class_index
+
+    try:
+        return info.classes[class_index(info.classes, c, info.name)]
+    except Tr0nError as e:
+        raise RequestError(422, "unknown_class", str(e)[:400]) from None
 
 
 def _embedding(e, i: int, info) -> np.ndarray:
-    from ..sampler import MAX_CONDITION
+    """One JSON embedding -> [d_c] float32, checked as Sampler.sample checks conditions (true/false refused)."""
+    from ..sampler import MAX_CONDITION, check_conditions
 
-    ok = isinstance(e, list) and len(e) == info.cond_dim and all(
-        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= MAX_CONDITION
-        for v in e)
-    if not ok:
+    try:
+        if not isinstance(e, list) or any(isinstance(v, bool) for v in e):
+            raise PromptError("not a list of numbers")
+        return check_conditions([e], info.cond_dim)[0]
+    except Tr0nError as err:
         raise RequestError(422, "bad_embedding", f"embedding {i} must be a list of {info.cond_dim} finite numbers, "
-                                                 f"each within +-{MAX_CONDITION:g} (a CLIP embedding or a one-hot class)")
-    return np.asarray(e, dtype=np.float32)
+                                                 f"each within +-{MAX_CONDITION:g} (a CLIP embedding or a one-hot "
+                                                 f"class): {str(err)[:200]}") from None
 
 
 def _image(v, i: int, size: int) -> np.ndarray:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
@@ -33,10 +32,10 @@ class Worker:
     def __init__(self, pipeline: str, backend: str = "auto", device: str = "cpu", precision: str = "fp32",
                  threads: int | None = None, limits: Limits | None = None, judge: bool = True):
         from ..judge import open_judge
-        from ..paths import is_world_name, world_dir
+        from ..paths import pipeline_path
         from ..sampler import Sampler
 
-        self.folder = world_dir(pipeline) if is_world_name(str(pipeline)) else Path(pipeline)
+        self.folder = pipeline_path(pipeline)
         self.sampler = Sampler.open(self.folder, backend=backend, device=device, precision=precision,
                                     threads=threads)
         self.info = self.sampler.info
