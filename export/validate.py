@@ -6,7 +6,10 @@ meaningful where elementwise relative error explodes on near-zero elements):
     float32:  <= 1e-4 on every output (gradients included; the step graph's outputs are the update);
               where torch's own float32 result is itself further than that from float64 (kinks in tiny
               nets), within 10x torch's float32 error of the float64 result, at most 1e-2, recorded
-              in the report as "ill_conditioned"
+              in the report as "ill_conditioned"; where ONNX Runtime alone is further (rounding put it
+              on the other side of a kink that torch's float32 happens to share with float64), the same
+              test at a nearby input (float inputs moved by KINK_NUDGE of their mean magnitude), recorded
+              as "kink"
     float16:  <= 1e-2 on E; cosine >= 0.999 between the FP16 and float32 gradients; <= 2e-2 elsewhere;
               the logits' Adam step achieves >= 98% of float32's first-order descent (FP16_ADAM_STEP_DESCENT)
 The step graph's gradients are read from its outputs with zero optimizer state: velocity_next is then
@@ -47,6 +50,11 @@ FP16_RTOL = 2e-2
 # reversed update. At most 1% of the descent lost (a uniform 1% flipped, as the cosine bound allowed):
 FP16_ADAM_STEP_DESCENT = 0.98
 CASES = ((11, 2, 3), (12, 3, 5))  # (seed, batch, copies): two different inputs and shapes
+# A kink (ReLU, max, floor) is crossed within rounding only on a set of measure zero: on the shapes step
+# with an adapted image tower, one sample's velocity was 1.9e-4 off float64 (whole-tensor 1.5e-4) while
+# torch float32 was 1.2e-6 off; moving `means` by 1e-6 of its magnitude put ONNX Runtime back at 1.2e-6.
+# A wrong or frozen graph is as wrong at the nudged input.
+KINK_NUDGE = 1e-6
 
 
 class ValidationError(Tr0nError):
@@ -168,20 +176,45 @@ def _against_float64(p: TorchPipeline, spec: GraphSpec, feeds, ref, got, path: P
     output, ONNX Runtime is within ILL_CONDITIONED_FACTOR x torch's own float32 error of the float64
     result (and within FP32_CAP). That happens at kinks (a ReLU or max whose branch flips with rounding
     in a net of a few channels: seen on a 4-channel random BigGAN, where torch float32 itself is 1e-3
-    from float64); a wrong or frozen graph is still orders of magnitude off. Raises ValidationError."""
+    from float64); a wrong or frozen graph is still orders of magnitude off. Where only ONNX Runtime's
+    rounding crossed the kink, the same test runs once more at a nearby input (_nudged, KINK_NUDGE) and
+    the report says "kink". Raises ValidationError."""
+    out, failed = _within_float64(p, spec, feeds, ref, got)
+    if not failed:
+        return out
+    nudged = _nudged(feeds)
+    retry, still = _within_float64(p, spec, nudged, run_torch(p, spec, nudged),
+                                  run_onnx(path, [{k: v.numpy() for k, v in x.items()} for x in nudged]))
+    if still:
+        o = still[0]
+        raise ValidationError(
+            f"{path.name}: output {o!r} differs from torch by {max(rel_err(g[o], r[o]) for g, r in zip(got, ref)):.2e} "
+            f"relative (float32 tolerance {FP32_RTOL:.0e}), and from torch in float64 by {out[o]['onnx_vs_fp64']:.2e}, "
+            f"where torch's own float32 result is {out[o]['torch_fp32_vs_fp64']:.2e} from it (at a nearby input: "
+            f"{retry[o]['onnx_vs_fp64']:.2e} and {retry[o]['torch_fp32_vs_fp64']:.2e})")
+    return {o: {**out[o], "kink": {"nudge": KINK_NUDGE, **retry[o]}} if o in failed else out[o] for o in out}
+
+
+def _within_float64(p: TorchPipeline, spec: GraphSpec, feeds, ref, got) -> tuple[dict, list[str]]:
+    """Per output, ONNX Runtime's and torch float32's distance to torch float64 over the feeds, and the
+    outputs where ONNX Runtime is beyond max(FP32_RTOL, ILL_CONDITIONED_FACTOR x torch's) or FP32_CAP."""
     ref64 = run_torch_float64(p, spec, feeds)
-    out = {}
+    out, failed = {}, []
     for o in spec.outputs:
         torch_err = max(rel_err(r[o], r64[o]) for r, r64 in zip(ref, ref64))
         onnx_err = max(rel_err(g[o], r64[o]) for g, r64 in zip(got, ref64))
-        bound = min(FP32_CAP, max(FP32_RTOL, ILL_CONDITIONED_FACTOR * torch_err))
-        if onnx_err > bound:
-            raise ValidationError(
-                f"{path.name}: output {o!r} differs from torch by {max(rel_err(g[o], r[o]) for g, r in zip(got, ref)):.2e} "
-                f"relative (float32 tolerance {FP32_RTOL:.0e}), and from torch in float64 by {onnx_err:.2e}, where "
-                f"torch's own float32 result is {torch_err:.2e} from it")
+        if onnx_err > min(FP32_CAP, max(FP32_RTOL, ILL_CONDITIONED_FACTOR * torch_err)):
+            failed.append(o)
         out[o] = {"torch_fp32_vs_fp64": torch_err, "onnx_vs_fp64": onnx_err}
-    return out
+    return out, failed
+
+
+def _nudged(feeds, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """The feeds with every float tensor of more than one element moved by KINK_NUDGE x its mean
+    magnitude (normal noise, seeded); scalars (hyperparameters) and integer inputs unchanged."""
+    g = torch.Generator().manual_seed(seed)
+    return [{k: v + KINK_NUDGE * v.abs().mean() * torch.randn(v.shape, generator=g, dtype=v.dtype)
+             if v.is_floating_point() and v.numel() > 1 else v for k, v in x.items()} for x in feeds]
 
 
 def run_torch_float64(p: TorchPipeline, spec: GraphSpec, feeds) -> list[dict[str, np.ndarray]]:

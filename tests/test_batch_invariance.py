@@ -14,9 +14,11 @@ pytestmark = pytest.mark.slow  # 6 x 25-step samplings at three batch layouts
 
 # (backend, precision) -> the README's bounds across batch sizes (fast preset, T = 25, A = 8): the final
 # latent (max abs), images on [-1, 1] (max abs and mean abs) and the final energy (max abs). Langevin
-# dynamics amplify the kernels' rounding differences; the bounds are 2-3x the largest measured.
-TOLERANCES = {("onnxruntime", "fp32"): {"latent": 5e-3, "image_max": 2e-2, "image_mean": 1e-3, "energy": 5e-4},
-              ("onnxruntime", "fp16"): {"latent": 1e-1, "image_max": 0.5, "image_mean": 2e-2, "energy": 3e-2},
+# dynamics amplify the kernels' rounding differences; the bounds are 2-3x the largest measured (the shapes
+# world rebuilt on 2026-12-07 moved ONNX Runtime's: fp32 latent 2.8e-3, pixels 1.6e-2; FP16 latent 6.8e-2,
+# pixels 0.58, energy 2.1e-2; before: 3.3e-4, 3.4e-3; 2.9e-2, 0.23, 2.1e-3).
+TOLERANCES = {("onnxruntime", "fp32"): {"latent": 1e-2, "image_max": 5e-2, "image_mean": 1e-3, "energy": 5e-4},
+              ("onnxruntime", "fp16"): {"latent": 0.2, "image_max": 1.5, "image_mean": 2e-2, "energy": 6e-2},
               ("torch", "fp32"): {"latent": 2e-2, "image_max": 0.2, "image_mean": 3e-3, "energy": 1e-2}}
 QUERIES = {"shapes": ["a red star", "a blue circle on a white background", "a green square", "a yellow cross",
                       "a purple triangle on a black background", "an orange circle", "a white star", "a red square"],

@@ -69,6 +69,36 @@ def test_a_gradient_frozen_into_a_constant_is_caught(tiny_text_pipeline, tmp_pat
         validate_fp32(p, spec, path)
 
 
+def test_a_kink_crossed_by_onnx_runtime_alone_passes_at_a_nearby_input_a_wrong_output_does_not(
+        tiny_text_pipeline, text_bundle, monkeypatch):
+    """ONNX Runtime's result planted off by 1e-3 in one element of one output (rounding on the other side
+    of a ReLU): torch float32 agrees with float64 there, so only the nudged input can clear it, and it
+    does, as "kink"; planted at the nudged input too, the graph fails."""
+    import tr0n_rt.export.validate as validate
+
+    p = TorchPipeline.load(tiny_text_pipeline)
+    spec = next(s for s in graph_specs(p) if s.name == "energy")
+    path = text_bundle / "energy.onnx"
+    feeds = validate._feeds(p, spec, zero_state=False)
+    ref = validate.run_torch(p, spec, feeds)
+    o = spec.outputs[0]
+
+    def planted(results):
+        out = [dict(r) for r in results]
+        out[1][o] = out[1][o].copy()
+        out[1][o].reshape(-1)[0] += 1e-3 * np.linalg.norm(out[1][o]) + 1e-3
+        return out
+
+    report = validate._against_float64(p, spec, feeds, ref, planted(run_onnx(path, [
+        {k: v.numpy() for k, v in x.items()} for x in feeds])), path)
+    assert report[o]["onnx_vs_fp64"] > 1e-4 and report[o]["kink"]["onnx_vs_fp64"] <= 1e-4, report
+    real = validate.run_onnx
+    monkeypatch.setattr(validate, "run_onnx", lambda path, feeds: planted(real(path, feeds)))
+    with pytest.raises(ValidationError, match="differs from torch.*at a nearby input"):
+        validate._against_float64(p, spec, feeds, ref, planted(real(path, [
+            {k: v.numpy() for k, v in x.items()} for x in feeds])), path)
+
+
 def expand_matmul_model():
     w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.random.rand(12).astype(np.float32))
     shape = helper.make_tensor("shape", TensorProto.INT64, [3], [5, 4, 3])

@@ -136,10 +136,44 @@ def test_trained_clip_retrieves_the_right_caption():
     model = load_weights(open_clip.CLIP(**build.clip_config(tokenizer.vocab_size)), path).eval()
     scores = build.evaluate_clip(model, tokenizer, n=300)
     assert scores["t2i_top1"] >= 0.9 and scores["i2t_top1"] >= 0.9, scores
+    # pictures drawn in other styles (hard edges, outlines, jitter, off-palette) read as what they show:
+    # the tower before adapt_image_tower got 0.73 on these (after: 0.92)
+    assert scores["i2t_styled"] >= 0.85, scores
+
+
+def test_styles_change_how_a_picture_is_drawn_not_what_it_shows():
+    attrs = data.sample_attributes(40, np.random.default_rng(3))
+    own = data.render(attrs)
+    assert torch.equal(own, data.render(attrs, styles=[data.DEFAULT_STYLE] * len(attrs)))
+    styles = data.sample_styles(len(attrs), np.random.default_rng(4), p=1.0)
+    styled = data.render(attrs, styles=styles)
+    assert styled.shape == own.shape and not torch.equal(styled, own)
+    a = data.Attributes(shape="square", colour="red", background="white", radius=0.8)
+    hard = data.render_one(a, style=data.Style(supersample=1))
+    soft = data.render_one(a)
+    levels = lambda img: len(np.unique(img.reshape(-1, 3), axis=0))
+    assert levels(hard) == 2 < levels(soft)                              # aliased: object and background only
+    ring = data.render_one(a, style=data.Style(supersample=1, outline=2.0))
+    assert (ring[16, 16] == hard[0, 0]).all() and (hard[16, 16] != hard[0, 0]).any()  # an outline's inside is background
+
+
+def test_adapting_the_image_tower_leaves_the_text_tower_and_batchnorm_statistics_alone():
+    import copy
+
+    import open_clip
+
+    model = open_clip.CLIP(**build.clip_config(len(data.VOCAB) + 4)).eval()
+    before = copy.deepcopy(model.state_dict())
+    build.adapt_image_tower(model, steps=3, batch=8, progress=False)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("visual.") for k in changed), sorted(changed)[:5]
+    assert not any("running_" in k or "num_batches" in k for k in changed)
+    assert all(p.requires_grad for p in model.parameters()) and not model.training
 
 
 def test_build_models_writes_weights_and_a_pluggable_spec(tmp_path):
-    spec = build.build_models(tmp_path, progress=False, clip_steps=1, judge_steps=1)
+    spec = build.build_models(tmp_path, progress=False, clip_steps=1, judge_steps=1, adapt_steps=1)
     assert json.loads(json.dumps(spec)) == spec
     assert spec["generator"] == {"family": "shapes_renderer", "config": ShapesRenderer().config(), "weights": None}
     assert spec["condition_model"]["family"] == "open_clip" and spec["condition"] == "text"

@@ -136,12 +136,85 @@ def shaded(rgb, shade: float, strength: float = SHADE_RANGE) -> tuple[float, flo
     return tuple(x + max(a, 0.0) * (1 - x) - max(-a, 0.0) * x for x in rgb)
 
 
-def render_one(a: Attributes, image_size: int = IMAGE_SIZE, supersample: int = 4) -> np.ndarray:
-    """-> uint8 [image_size, image_size, 3]. Image y grows downwards; shape coordinates have y up."""
+@dataclass(frozen=True)
+class Style:
+    """How a picture is drawn, apart from what it shows. The default is the world's own style (filled,
+    drawn at 4x and box-filtered: anti-aliased edges, exact geometry, the palette's colours); the others
+    are pictures as people draw them, which the CLIP's image tower learns to read as the world's own
+    (build.adapt_image_tower):
+
+    supersample     1: hard, aliased edges (drawn straight at the output size); 4: anti-aliased
+    outline         stroke width in output pixels; 0 fills the shape, > 0 draws only its outline
+    jitter          every vertex moved by a normal offset of this std (units of the shape's radius),
+                    circles drawn as a wobbly, slightly oval 24-gon; 0: exact geometry
+    colour_offset   added to the object's RGB (in [0, 1], clipped): off-palette but nameable colours
+    seed            seeds the jitter
+    """
+
+    supersample: int = 4
+    outline: float = 0.0
+    jitter: float = 0.0
+    colour_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    seed: int = 0
+
+
+DEFAULT_STYLE = Style()
+CIRCLE_SIDES = 24  # a jittered circle's polygon
+
+# sample_styles' mix: the probability of each change in a styled picture, independently.
+STYLE_MIX = {"hard": 0.8, "outline": 0.3, "jitter": 0.4, "colour": 0.4}
+JITTER_RANGE = (0.03, 0.08)      # vertex jitter std, units of the radius
+OUTLINE_RANGE = (1.5, 3.5)       # stroke width, output pixels
+COLOUR_OFFSET_RANGE = 0.10       # per channel, RGB in [0, 1]
+
+
+def sample_styles(n: int, rng: np.random.Generator, p: float = 0.5) -> list[Style]:
+    """n styles: with probability 1 - p the default; else each of STYLE_MIX's changes independently with
+    its probability: hard edges, an outline (OUTLINE_RANGE px), vertex jitter (JITTER_RANGE) and a
+    colour offset (up to COLOUR_OFFSET_RANGE per channel)."""
+    out = []
+    for _ in range(n):
+        if rng.random() >= p:
+            out.append(DEFAULT_STYLE)
+            continue
+        hard, outline, jitter, colour = rng.random(4) < tuple(STYLE_MIX[k] for k in ("hard", "outline", "jitter", "colour"))
+        out.append(Style(
+            supersample=1 if hard else 4,
+            outline=float(rng.uniform(*OUTLINE_RANGE)) if outline else 0.0,
+            jitter=float(rng.uniform(*JITTER_RANGE)) if jitter else 0.0,
+            colour_offset=(tuple(float(v) for v in rng.uniform(-COLOUR_OFFSET_RANGE, COLOUR_OFFSET_RANGE, 3))
+                           if colour else (0.0, 0.0, 0.0)),
+            seed=int(rng.integers(2**31))))
+    return out
+
+
+def _outline_units(shape: str, jitter: float, seed: int) -> list[tuple[float, float]]:
+    """The outline of `shape` (local units, radius 1, y up), jittered for a Style with jitter > 0."""
+    rng = np.random.default_rng(seed)
+    if shape == "circle":
+        aspect = math.exp(rng.normal(0, jitter))
+        pts = [(CIRCLE_RADIUS * aspect * math.cos(2 * math.pi * k / CIRCLE_SIDES),
+                CIRCLE_RADIUS / aspect * math.sin(2 * math.pi * k / CIRCLE_SIDES)) for k in range(CIRCLE_SIDES)]
+        scale = 0.5  # neighbouring vertices are close: a smaller wobble keeps it a round
+    else:
+        pts, scale = SHAPE_POLYGONS[shape], 1.0
+    d = rng.normal(0, jitter * scale, (len(pts), 2))
+    return [(x + dx, y + dy) for (x, y), (dx, dy) in zip(pts, d)]
+
+
+def render_one(a: Attributes, image_size: int = IMAGE_SIZE, supersample: int | None = None,
+               style: Style | None = None) -> np.ndarray:
+    """-> uint8 [image_size, image_size, 3]. Image y grows downwards; shape coordinates have y up.
+    style: how it is drawn (Style; default the world's own); supersample overrides the style's."""
+    style = style or DEFAULT_STYLE
+    supersample = int(supersample or style.supersample)
     big = image_size * supersample
     bg = tuple(int(round(255 * v)) for v in shaded(BACKGROUNDS[a.background], a.background_shade,
                                                     BACKGROUND_SHADE_RANGE))
-    fg = tuple(int(round(255 * v)) for v in shaded(COLOURS[a.colour], a.shade))
+    rgb = shaded(COLOURS[a.colour], a.shade)
+    if any(style.colour_offset):
+        rgb = tuple(min(max(v + o, 0.0), 1.0) for v, o in zip(rgb, style.colour_offset))
+    fg = tuple(int(round(255 * v)) for v in rgb)
     img = Image.new("RGB", (big, big), bg)
     draw = ImageDraw.Draw(img)
     half = big / 2
@@ -149,23 +222,34 @@ def render_one(a: Attributes, image_size: int = IMAGE_SIZE, supersample: int = 4
     def to_px(x: float, y: float) -> tuple[float, float]:  # image units -> pixel coordinates
         return ((x + 1) * half, (1 - y) * half)
 
-    if a.shape == "circle":
+    if style.outline > 0 or style.jitter > 0 or a.shape != "circle":
+        if style.jitter > 0:
+            local = _outline_units(a.shape, style.jitter, style.seed)
+        elif a.shape == "circle":
+            local = [(CIRCLE_RADIUS * math.cos(2 * math.pi * k / 64), CIRCLE_RADIUS * math.sin(2 * math.pi * k / 64))
+                     for k in range(64)]
+        else:
+            local = SHAPE_POLYGONS[a.shape]
+        ca, sa = math.cos(a.angle), math.sin(a.angle)
+        pts = [to_px(a.cx + a.radius * (ca * x - sa * y), a.cy + a.radius * (sa * x + ca * y)) for x, y in local]
+        if style.outline > 0:
+            draw.line(pts + pts[:1], fill=fg, width=max(1, int(round(style.outline * supersample))), joint="curve")
+        else:
+            draw.polygon(pts, fill=fg)
+    else:
         r = CIRCLE_RADIUS * a.radius
         x0, y0 = to_px(a.cx - r, a.cy + r)
         x1, y1 = to_px(a.cx + r, a.cy - r)
         draw.ellipse([x0, y0, x1, y1], fill=fg)
-    else:
-        ca, sa = math.cos(a.angle), math.sin(a.angle)
-        pts = [to_px(a.cx + a.radius * (ca * x - sa * y), a.cy + a.radius * (sa * x + ca * y))
-               for x, y in SHAPE_POLYGONS[a.shape]]
-        draw.polygon(pts, fill=fg)
-    img = img.resize((image_size, image_size), Image.Resampling.BOX)
+    if supersample > 1:
+        img = img.resize((image_size, image_size), Image.Resampling.BOX)
     return np.asarray(img, dtype=np.uint8)
 
 
-def render(attrs: list[Attributes], image_size: int = IMAGE_SIZE) -> torch.Tensor:
-    """-> float32 [N, 3, image_size, image_size] in [-1, 1]."""
-    arr = np.stack([render_one(a, image_size) for a in attrs])  # [N, S, S, 3] uint8
+def render(attrs: list[Attributes], image_size: int = IMAGE_SIZE, styles: list[Style] | None = None) -> torch.Tensor:
+    """-> float32 [N, 3, image_size, image_size] in [-1, 1]. styles: one per picture (default: the world's)."""
+    styles = styles or [DEFAULT_STYLE] * len(attrs)
+    arr = np.stack([render_one(a, image_size, style=st) for a, st in zip(attrs, styles, strict=True)])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
 
 
