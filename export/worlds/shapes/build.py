@@ -122,6 +122,18 @@ def _cosine_lr(opt: torch.optim.Optimizer, step: int, total: int, lr: float, war
         g["lr"] = lr * f
 
 
+def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, clip: list | None, bar, step: int) -> None:
+    """One step on loss (gradient norm clipped to 1 over `clip`'s parameters, if given); the bar shows
+    the loss every 20 steps."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip, 1.0)
+    opt.step()
+    if step % 20 == 0:
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+
+
 def train_clip(tokenizer: WordTokenizer, steps: int = 1000, batch: int = 256, lr: float = 2e-3, seed: int = 0,
                augment_p: float = 0.5, progress: bool = True) -> tuple[open_clip.CLIP, dict]:
     torch.manual_seed(seed)
@@ -144,12 +156,7 @@ def train_clip(tokenizer: WordTokenizer, steps: int = 1000, batch: int = 256, lr
         img = F.normalize(model.encode_image(clip_inputs(images)), dim=-1)
         txt = F.normalize(model.encode_text(torch.from_numpy(tokenizer(captions))), dim=-1)
         loss = contrastive_loss(img, txt, model.logit_scale.exp().clamp(max=100), pos)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+        _optimizer_step(opt, loss, list(model.parameters()), bar, step)
     return model.eval(), cfg
 
 
@@ -202,12 +209,7 @@ def adapt_image_tower(model: open_clip.CLIP, steps: int = ADAPT_STEPS, batch: in
         s_own = F.normalize(student(clip_inputs(own)), dim=-1)
         s_styled = F.normalize(student(clip_inputs(styled)), dim=-1)
         loss = (1 - (s_styled * target).sum(-1)).mean() + (1 - (s_own * target).sum(-1)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+        _optimizer_step(opt, loss, list(student.parameters()), bar, step)
     return model.requires_grad_(True).eval()
 
 
@@ -224,11 +226,7 @@ def train_judge(steps: int = 2000, batch: int = 128, lr: float = 3e-3, seed: int
         attrs = data.sample_attributes(batch, rng)
         logits = net(data.render(attrs))
         loss = sum(F.cross_entropy(logits[k], t) for k, t in zip(HEADS, _names(attrs)))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+        _optimizer_step(opt, loss, None, bar, step)
     return net.eval()
 
 
