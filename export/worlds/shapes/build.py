@@ -146,6 +146,7 @@ def train_clip(tokenizer: WordTokenizer, steps: int = 1000, batch: int = 256, lr
                             lr=lr, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(seed)
     model.train()
+    params = list(model.parameters())
     bar = tqdm(range(steps), desc="shapes CLIP", disable=not progress, mininterval=2.0)
     for step in bar:
         _cosine_lr(opt, step, steps, lr, warmup=100)
@@ -156,7 +157,7 @@ def train_clip(tokenizer: WordTokenizer, steps: int = 1000, batch: int = 256, lr
         img = F.normalize(model.encode_image(clip_inputs(images)), dim=-1)
         txt = F.normalize(model.encode_text(torch.from_numpy(tokenizer(captions))), dim=-1)
         loss = contrastive_loss(img, txt, model.logit_scale.exp().clamp(max=100), pos)
-        _optimizer_step(opt, loss, list(model.parameters()), bar, step)
+        _optimizer_step(opt, loss, params, bar, step)
     return model.eval(), cfg
 
 
@@ -194,6 +195,7 @@ def adapt_image_tower(model: open_clip.CLIP, steps: int = ADAPT_STEPS, batch: in
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed + 3)
     model.eval()  # BatchNorm keeps its running statistics
+    params = list(student.parameters())
     bar = tqdm(range(steps), desc="shapes CLIP styles", disable=not progress, mininterval=2.0)
     for step in bar:
         _cosine_lr(opt, step, steps, lr, warmup=20)
@@ -209,7 +211,7 @@ def adapt_image_tower(model: open_clip.CLIP, steps: int = ADAPT_STEPS, batch: in
         s_own = F.normalize(student(clip_inputs(own)), dim=-1)
         s_styled = F.normalize(student(clip_inputs(styled)), dim=-1)
         loss = (1 - (s_styled * target).sum(-1)).mean() + (1 - (s_own * target).sum(-1)).mean()
-        _optimizer_step(opt, loss, list(student.parameters()), bar, step)
+        _optimizer_step(opt, loss, params, bar, step)
     return model.requires_grad_(True).eval()
 
 

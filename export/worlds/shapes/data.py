@@ -202,12 +202,10 @@ def _outline_units(shape: str, jitter: float, seed: int) -> list[tuple[float, fl
     return [(x + dx, y + dy) for (x, y), (dx, dy) in zip(pts, d)]
 
 
-def render_one(a: Attributes, image_size: int = IMAGE_SIZE, supersample: int | None = None,
-               style: Style | None = None) -> np.ndarray:
+def render_one(a: Attributes, image_size: int = IMAGE_SIZE, style: Style = DEFAULT_STYLE) -> np.ndarray:
     """-> uint8 [image_size, image_size, 3]. Image y grows downwards; shape coordinates have y up.
-    style: how it is drawn (Style; default the world's own); supersample overrides the style's."""
-    style = style or DEFAULT_STYLE
-    supersample = int(supersample or style.supersample)
+    style: how it is drawn (default: the world's own)."""
+    supersample = style.supersample
     big = image_size * supersample
     bg = tuple(int(round(255 * v)) for v in shaded(BACKGROUNDS[a.background], a.background_shade,
                                                     BACKGROUND_SHADE_RANGE))
